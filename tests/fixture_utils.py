@@ -1,0 +1,42 @@
+"""Golden fixtures of the PyTorch reference (see tests/fixtures/README.md).
+
+The directory comes from ``COSMOS_POLICY_FIXTURES`` (default ``tests/fixtures``). Parity tests
+derive every size and layout from the ``info`` JSON stored in each safetensors file's metadata,
+so they also run on fixture sets with other sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+_DEFAULT = pathlib.Path(__file__).parent / "fixtures"
+
+
+def fixture_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("COSMOS_POLICY_FIXTURES", str(_DEFAULT)))
+
+
+def fixture_path(name: str) -> pathlib.Path:
+    path = fixture_dir() / name
+    if not path.exists():
+        pytest.skip(f"fixture {path} not present")
+    return path
+
+
+def load_fixture(name: str) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors, info) of ``<fixture_dir>/<name>``; info is the parsed ``info`` metadata (or {})."""
+    from safetensors import safe_open
+
+    path = fixture_path(name)
+    tensors = {}
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    info = json.loads(meta["info"]) if "info" in meta else {}
+    return tensors, info
