@@ -36,7 +36,7 @@ def load_fixture(name: str) -> tuple[dict[str, np.ndarray], dict]:
     tensors = {}
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - safe_open is not iterable
             tensors[k] = f.get_tensor(k)
     info = json.loads(meta["info"]) if "info" in meta else {}
     return tensors, info

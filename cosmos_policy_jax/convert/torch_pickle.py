@@ -20,7 +20,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any
+from typing import Any, ClassVar
 
 import ml_dtypes
 import numpy as np
@@ -88,7 +88,7 @@ def _ordered_dict(*args):
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only an allow-list of globals; storages come from ``load_storage``."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict] = {
         ("torch._utils", "_rebuild_tensor_v2"): lambda *a: _deferred_rebuild(*a),
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("collections", "OrderedDict"): _ordered_dict,

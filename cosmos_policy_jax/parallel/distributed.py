@@ -42,7 +42,7 @@ def from_env(args: DistributedArgs) -> DistributedArgs:
 
 
 def _port_in_use(address: str) -> bool:
-    host, _, port = address.rpartition(":")
+    _, _, port = address.rpartition(":")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
