@@ -1,0 +1,141 @@
+r"""Train Cosmos Policy.
+
+    python -m cosmos_policy_jax.train --config=configs/cosmos_policy.py:libero \
+        --config.trainer.max_iter=10000 [--dryrun]
+
+Launch order (as the reference's): parse flags and config -> (dry run: print, write config.yaml,
+exit) -> distributed init -> mesh -> validate -> freeze -> job directory files -> trainer -> train.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_dict, config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and arg, e.g. configs/cosmos_policy.py:libero", lock_config=True
+)
+_DRYRUN = flags.DEFINE_bool("dryrun", False, "Print the resolved config, write config.yaml and exit.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process jobs.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process job.")
+_LOCAL_DEVICES = flags.DEFINE_list("local_device_ids", None, "Local device ids this process uses (default: all).")
+
+# Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 143  # overridden by trainer.exit_code_on_preemption
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.trainer.max_iter=10")
+    if _CONFIG.value is None:
+        _fail("--config is required, e.g. --config=configs/cosmos_policy.py:demo")
+    from cosmos_policy_jax import config_lib
+
+    config: config_dict.ConfigDict = _CONFIG.value
+    overrides = config_lib.config_overrides(sys.argv[1:])
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    unresolved = config_lib.resolve(config)
+
+    if _DRYRUN.value:
+        # No device backend, no dataset: static checks only, then print and write config.yaml.
+        try:
+            config_lib.validate(config, check_paths=False)
+        except config_lib.ConfigError as e:
+            _fail(f"invalid config: {e}")
+        print(config_lib.to_yaml(config))
+        print("overrides:", overrides if overrides else "(none)")
+        path = config_lib.save_yaml(config, os.path.join(config.job.path_local, "config.yaml"))
+        print(f"config written to {os.path.abspath(path)}")
+        return EXIT_OK
+
+    from cosmos_policy_jax.parallel import distributed
+
+    local_ids = tuple(int(x) for x in _LOCAL_DEVICES.value) if _LOCAL_DEVICES.value else None
+    try:
+        distributed.initialize(
+            distributed.DistributedArgs(
+                coordinator_address=_COORD.value,
+                num_processes=_NPROC.value,
+                process_id=_PID.value,
+                local_device_ids=local_ids,
+            )
+        )
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+
+    import jax
+
+    from cosmos_policy_jax.parallel.mesh import make_mesh
+
+    try:
+        config_lib.validate(config, num_devices=jax.device_count(), unresolved=unresolved, check_paths=False)
+        mesh = make_mesh(config.parallel)
+        config_lib.validate(config, mesh_shape=dict(mesh.shape), unresolved=unresolved)
+    except (config_lib.ConfigError, ValueError) as e:
+        _fail(f"invalid config: {e}")
+
+    # All processes agree on the job name and directory (the reference broadcasts job.name).
+    with config.unlocked():
+        config.job.name = distributed.broadcast_string(config.job.name)
+        config.job.path_local = distributed.broadcast_string(config.job.path_local)
+    frozen = config_dict.FrozenConfigDict(config)
+
+    from cosmos_policy_jax.training import loop
+
+    try:
+        return loop.run(
+            frozen,
+            mesh,
+            launch_info={"argv": sys.argv, "overrides": overrides, "config_file": config_file},
+        )
+    except loop.BAD_INPUT_ERRORS as e:
+        logging.error("%s", e)
+        _fail(f"{type(e).__name__}: {e}")
+    return EXIT_OK
+
+
+def _clean_flag_error(e: Exception, argv: list[str]) -> str:
+    text = str(e).encode().decode("unicode_escape") if "\\n" in str(e) else str(e)
+    lines = [ln.strip().strip("'\"") for ln in text.splitlines() if ln.strip().strip("'\"")]
+    if "Traceback" in text:  # an exception inside get_config: keep its last line
+        return lines[-1]
+    missing = re.match(r"^'?([A-Za-z0-9_]+)'?$", lines[0]) if lines else None
+    if isinstance(e, AttributeError) and missing:
+        # ml_collections names only the last key; name the whole override the user typed.
+        key = missing.group(1)
+        bad = [
+            a[len("--config.") :].split("=")[0]
+            for a in argv
+            if a.startswith("--config.") and a.split("=")[0].endswith("." + key)
+        ]
+        return f"unknown config key {bad[0] if bad else key!r}. " + " ".join(lines[1:])
+    return " ".join(lines)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with config-override errors (typos, wrong types) as one clean line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: bad command line: {_clean_flag_error(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,77 @@
+"""The training entry point: dry run, override errors, exit codes (subprocesses, no devices)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, env_extra=None, timeout=120):
+    env = dict(os.environ)
+    # A backend that does not exist: any device initialisation would fail the command.
+    env["JAX_PLATFORMS"] = "no_such_backend"
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cosmos_policy_jax.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_libero_dryrun_is_fast_and_writes_reference_values(tmp_path):
+    start = time.monotonic()
+    out = _run("--config=configs/cosmos_policy.py:libero", "--dryrun", f"--config.job.path_local={tmp_path}")
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    assert elapsed < 30
+    path = tmp_path / "config.yaml"
+    assert str(path) in out.stdout
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["model"]["net"]["model_channels"] == 2048 and cfg["model"]["net"]["num_blocks"] == 28
+    assert cfg["model"]["state_t"] == 9 and cfg["model"]["scaling"] == "rectified_flow"
+    assert cfg["model"]["loss_scale"] == 10.0 and cfg["model"]["sde"]["hybrid"] is True
+    assert cfg["optimizer"]["lr"] == 1e-4 and cfg["optimizer"]["b2"] == 0.99 and cfg["optimizer"]["weight_decay"] == 0.1
+    assert cfg["scheduler"]["name"] == "lambdalinear" and cfg["dataloader_train"]["batch_size"] == 30
+    assert cfg["checkpoint"]["save_iter"] == 1000 and cfg["model"]["precision"] == "bfloat16"
+
+
+def test_override_is_applied_and_listed(tmp_path):
+    out = _run(
+        "--config=configs/cosmos_policy.py:libero",
+        "--dryrun",
+        f"--config.job.path_local={tmp_path}",
+        "--config.trainer.max_iter=10000",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "config.trainer.max_iter=10000" in out.stdout
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["max_iter"] == 10000
+
+
+def test_typo_in_override_fails_naming_the_key(tmp_path):
+    out = _run(
+        "--config=configs/cosmos_policy.py:libero", f"--config.job.path_local={tmp_path}", "--config.trainer.max_itr=5"
+    )
+    assert out.returncode != 0
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "trainer.max_itr" in err[0] and "max_iter" in err[0]
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_wrong_type_and_bad_value_fail(tmp_path):
+    out = _run("--config=configs/cosmos_policy.py:libero", "--dryrun", "--config.trainer.max_iter=abc")
+    assert out.returncode != 0 and "max_iter" in out.stderr
+    out = _run(
+        "--config=configs/cosmos_policy.py:libero",
+        "--dryrun",
+        f"--config.job.path_local={tmp_path}",
+        "--config.dataloader_train.batch_size=-4",
+    )
+    assert out.returncode != 0 and "dataloader_train.batch_size" in out.stderr
+    assert not (tmp_path / "config.yaml").exists()
