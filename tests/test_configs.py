@@ -131,6 +131,7 @@ def test_yaml_round_trip_is_plain(tmp_path):
     c = cosmos_policy.get_config("libero")
     config_lib.resolve(c)
     path = config_lib.save_yaml(config_dict.FrozenConfigDict(c), str(tmp_path / "config.yaml"))
-    loaded = yaml.safe_load(open(path))
+    with open(path) as f:
+        loaded = yaml.safe_load(f)
     assert loaded["model"]["net"]["num_blocks"] == 28
     assert loaded["parallel"]["logical_axis_rules"][0] == ["batch", ["data", "fsdp"]]
