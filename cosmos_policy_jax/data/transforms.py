@@ -14,6 +14,7 @@ is vectorised over them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -105,26 +106,29 @@ def pil_resize(frames_thwc: np.ndarray, size: int) -> np.ndarray:
 def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Correctly rounded float32 ``a * b + c`` (what a fused multiply-add returns).
 
-    The float32 product is exact in float64; the float64 sum is corrected with its rounding error
-    (TwoSum) so that a sum landing exactly between two float32 values still rounds the right way.
+    The float32 product is exact in float64, so the float64 sum is off only by its own rounding
+    error; that error can change the float32 result only when the float64 sum lies exactly halfway
+    between two float32 values (the low 29 mantissa bits are ``100...0``). Those rare elements are
+    corrected with the exact error term (TwoSum).
     """
-    p = a.astype(np.float64) * b.astype(np.float64)
-    c64 = c.astype(np.float64)
-    s = p + c64
-    bb = s - p
-    err = (p - (s - bb)) + (c64 - bb)
+    p = np.multiply(a, b, dtype=np.float64)
+    s = np.add(p, c, dtype=np.float64)
     r = s.astype(np.float32)
-    r64 = r.astype(np.float64)
-    # Only a float64 sum exactly halfway between two float32 values can round wrongly (twice).
-    toward = np.where(s > r64, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
-    other = np.nextafter(r, toward)
-    halfway = (s != r64) & (s == (r64 + other.astype(np.float64)) * 0.5) & (err != 0)
-    if np.any(halfway):
-        pick_other = np.where(err > 0, other > r, other < r)
-        r = np.where(halfway & pick_other, other, r)
+    halfway = (s.view(np.int64) & 0x1FFFFFFF) == 0x10000000
+    if halfway.any():
+        hp, hs = p[halfway], s[halfway]
+        hc = np.asarray(c, dtype=np.float64)[halfway] if np.ndim(c) else np.full(hs.shape, float(c))
+        bb = hs - hp
+        err = (hp - (hs - bb)) + (hc - bb)
+        hr = r[halfway]
+        up = np.nextafter(hr, np.float32(np.inf))
+        down = np.nextafter(hr, np.float32(-np.inf))
+        fixed = np.where(err > 0, np.where(hr > hs, hr, up), np.where(err < 0, np.where(hr < hs, hr, down), hr))
+        r[halfway] = fixed
     return r
 
 
+@functools.lru_cache(maxsize=64)
 def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Tap indices ``(out, K)`` and float32 weights ``(out, K)`` of torch's antialiased bilinear filter.
 
@@ -156,15 +160,17 @@ def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     for i, (t, w) in enumerate(zip(taps, weights)):
         idx[i, : len(t)] = t
         wts[i, : len(w)] = w
+    idx.flags.writeable = False  # cached: shared by every call
+    wts.flags.writeable = False
     return idx, wts
 
 
 def _aa_resize_last_axis(x: np.ndarray, out_size: int) -> np.ndarray:
     """Resample the last axis of a float32 array: first tap a plain product, then one FMA per tap."""
     idx, wts = _aa_weights(x.shape[-1], out_size)
-    acc = x[..., idx[:, 0]] * wts[:, 0]
+    acc = np.take(x, idx[:, 0], axis=-1) * wts[:, 0]
     for k in range(1, idx.shape[1]):
-        acc = _fma_f32(x[..., idx[:, k]], np.broadcast_to(wts[:, k], acc.shape), acc)
+        acc = _fma_f32(np.take(x, idx[:, k], axis=-1), wts[:, k], acc)
     return acc
 
 
@@ -260,39 +266,52 @@ def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_hue(img: np.ndarray, hue_factor: float) -> np.ndarray:
-    """Shift the hue by ``hue_factor`` turns through float32 HSV; back with ``x * 255.999`` truncated."""
-    x = img.astype(np.float32) / _F32(255.0)
+    """Shift the hue by ``hue_factor`` turns through float32 HSV; back with ``x * 255.999`` truncated.
+
+    Same float32 operations as torchvision's ``_rgb2hsv`` / ``_hsv2rgb``; its masked sums
+    (``mask * value`` added over the three cases) are written as selections, which give the same
+    values because exactly one term is non-zero.
+    """
+    one, zero = _F32(1.0), _F32(0.0)
+    x = img.astype(np.float32)
+    x /= _F32(255.0)
     r, g, b = x[..., 0, :, :], x[..., 1, :, :], x[..., 2, :, :]
     maxc = np.maximum(np.maximum(r, g), b)
     minc = np.minimum(np.minimum(r, g), b)
     eqc = maxc == minc
     cr = maxc - minc
-    one = _F32(1.0)
     s = cr / np.where(eqc, one, maxc)
     cr_div = np.where(eqc, one, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = np.where(maxc == r, bc - gc, _F32(0.0))
-    hg = np.where((maxc == g) & (maxc != r), (_F32(2.0) + rc) - bc, _F32(0.0))
-    hb = np.where((maxc != g) & (maxc != r), (_F32(4.0) + gc) - rc, _F32(0.0))
-    h = (hr + hg) + hb
-    h = np.fmod(h / _F32(6.0) + one, one)
-    h = h + _F32(hue_factor)
+    rc = (maxc - r) / cr_div
+    gc = (maxc - g) / cr_div
+    bc = (maxc - b) / cr_div
+    is_r = maxc == r
+    is_g = maxc == g
+    h = np.where(is_r, bc - gc, np.where(is_g, (_F32(2.0) + rc) - bc, (_F32(4.0) + gc) - rc))
+    h /= _F32(6.0)
+    h += one
     h = np.fmod(h, one)
-    h = np.where((h != 0) & (h < 0), h + one, h).astype(np.float32)
+    h += _F32(hue_factor)
+    h = np.fmod(h, one)
+    h = np.where(h < zero, h + one, h)
     v = maxc
 
-    h6 = h * _F32(6.0)
-    i = np.floor(h6)
-    f = h6 - i
+    h *= _F32(6.0)  # h6
+    i = np.floor(h)
+    f = h - i
     sector = i.astype(np.int32) % 6
-    p = np.clip(v * (one - s), 0.0, 1.0).astype(np.float32)
-    q = np.clip(v * (one - s * f), 0.0, 1.0).astype(np.float32)
-    t = np.clip(v * (one - s * (one - f)), 0.0, 1.0).astype(np.float32)
-    red = np.choose(sector, (v, q, p, p, t, v))
-    green = np.choose(sector, (t, v, v, q, p, p))
-    blue = np.choose(sector, (p, p, t, v, v, q))
-    rgb = np.stack([red, green, blue], axis=-3).astype(np.float32)
-    return (rgb * _F32(255.999)).astype(np.uint8)
+    p = np.clip(v * (one - s), zero, one)
+    q = np.clip(v * (one - s * f), zero, one)
+    t = np.clip(v * (one - s * (one - f)), zero, one)
+    out = np.empty(img.shape, dtype=np.float32)
+    # torchvision's hsv -> rgb table: sector k takes (R, G, B) from
+    # 0: (v, t, p)  1: (q, v, p)  2: (p, v, t)  3: (p, q, v)  4: (t, p, v)  5: (v, p, q).
+    s0, s1, s2, s3, s4 = (sector == k for k in range(5))
+    out[..., 0, :, :] = np.where(s0 | (sector == 5), v, np.where(s1, q, np.where(s4, t, p)))
+    out[..., 1, :, :] = np.where(s1 | s2, v, np.where(s0, t, np.where(s3, q, p)))
+    out[..., 2, :, :] = np.where(s3 | s4, v, np.where(s2, t, np.where(s0 | s1, p, q)))
+    out *= _F32(255.999)
+    return out.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
