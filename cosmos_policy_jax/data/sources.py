@@ -255,7 +255,20 @@ class EpisodeSource:
                 demos.extend(self._read_demo_file(path))
         self._check_dims(demos)
 
-        # 2. Statistics over the demos' own arrays, then normalisation (REFERENCE.md 6.2).
+        # 2. Rollouts (metadata + low-dimensional arrays; frames are read per sample).
+        rollouts: list[Episode] = []
+        if self.rollout_data_dir:
+            for path in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir"):
+                ep = self._read_rollout_file(path)
+                if ep is not None:
+                    rollouts.append(ep)
+            self._check_dims(rollouts)
+
+        # 3. Text embeddings for every instruction, checked before anything is written to disk.
+        self.instructions = sorted({ep.command for ep in [*demos, *rollouts]})
+        self.t5_embeddings = self._load_embeddings(text_dim)
+
+        # 4. Statistics over the demos' own arrays, then normalisation (REFERENCE.md 6.2).
         self.statistics = stats_lib.load_or_compute_statistics(
             self.data_dir, [e.actions for e in demos], [e.proprio for e in demos]
         )
@@ -268,18 +281,10 @@ class EpisodeSource:
                 [e.proprio for e in demos],
                 filename=stats_lib.POST_NORM_STATS_FILE,
             )
+        for ep in rollouts:
+            self._normalize(ep)
 
-        # 3. Rollouts (metadata + low-dimensional arrays; frames are read per sample).
-        rollouts: list[Episode] = []
-        if self.rollout_data_dir:
-            for path in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir"):
-                ep = self._read_rollout_file(path)
-                if ep is not None:
-                    self._normalize(ep)
-                    rollouts.append(ep)
-            self._check_dims(rollouts)
-
-        # 4. Returns, then the category lists.
+        # 5. Returns, then the category lists.
         for ep in [*demos, *rollouts]:
             if self.return_value_function_returns:
                 ep.returns = monte_carlo_returns(ep.num_steps, ep.terminal_reward, self.gamma)
@@ -294,10 +299,6 @@ class EpisodeSource:
         self._demo_steps = StepIndex([ep.num_steps for ep in demos])
         self._success_steps = StepIndex([rollouts[i].num_steps for i in self._success_ids])
         self._failure_steps = StepIndex([rollouts[i].num_steps for i in self._failure_ids])
-
-        # 5. Text embeddings for every instruction in use.
-        self.instructions = sorted({ep.command for ep in [*demos, *rollouts]})
-        self.t5_embeddings = self._load_embeddings(text_dim)
 
         # 6. Epoch structure (REFERENCE.md 6.4).
         self.epoch_structure: EpochStructure = calculate_epoch_structure(

@@ -108,6 +108,8 @@ def load_or_compute_statistics(
     if os.path.exists(path):
         dims = [a.shape[-1] for a in actions[:1]], [p.shape[-1] for p in proprio[:1]]
         return load_statistics(path, dims[0][0] if dims[0] else None, dims[1][0] if dims[1] else None)
+    if not actions:
+        raise DataError(f"{path} does not exist and there are no demonstrations to compute it from")
     stats = compute_statistics(actions, proprio)
     try:
         save_statistics(stats, path)

@@ -301,7 +301,7 @@ def test_demo_probability_zero_needs_statistics(libero, tmp_path):
     assert not src.demos and src.epoch_structure.adjusted_demo_count == 0
     assert src.get(0, sample_type="world_model")["rollout_data_mask"] == 1
     os.remove(os.path.join(paths["data_dir"], "dataset_statistics.json"))
-    with pytest.raises(DataError, match="without any demonstration"):
+    with pytest.raises(DataError, match="no demonstrations to compute it from"):
         LiberoSource(**paths, **{**kwargs, "demonstration_sampling_prob": 0.0})
 
 
