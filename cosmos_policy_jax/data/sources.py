@@ -48,7 +48,7 @@ from cosmos_policy_jax.data import transforms
 from cosmos_policy_jax.data.epoch import EpochStructure, StepIndex, calculate_epoch_structure
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.returns import monte_carlo_returns
-from cosmos_policy_jax.data.t5 import load_t5_embeddings, squeeze_embedding
+from cosmos_policy_jax.data.t5 import load_t5_embeddings
 
 _log = logging.getLogger(__name__)
 
@@ -474,7 +474,8 @@ class EpisodeSource:
         missing = [c for c in self.instructions if c not in table]
         if missing:
             raise DataError(f"{path}: no T5 embedding for instruction {missing[0]!r} ({len(missing)} missing)")
-        embeddings = {c: squeeze_embedding(table[c]) for c in self.instructions}
+        # Kept in the file's dtype (bf16 in production, half the memory per worker); float32 per sample.
+        embeddings = {c: table[c][0] if table[c].ndim == 3 else table[c] for c in self.instructions}
         shapes = {v.shape for v in embeddings.values()}
         if len(shapes) > 1:
             raise DataError(f"{path}: T5 embeddings have different shapes {sorted(shapes)}")
@@ -586,8 +587,9 @@ class EpisodeSource:
         """The sample at ``index`` of epoch ``epoch`` (REFERENCE.md 6.5).
 
         ``sample_type`` forces the rollout choice ("world_model" / "value_function"; "demo" only for
-        demo indices) and ``aug_params`` the augmentation; otherwise both come from
-        ``default_rng([seed, epoch, index])``.
+        demo indices) and ``aug_params`` the augmentation (applied even when ``use_image_aug`` is off);
+        otherwise both come from ``default_rng([seed, epoch, index])`` (no augmentation when
+        ``use_image_aug`` is off).
         """
         index = operator.index(index)
         if epoch < 0:
@@ -604,10 +606,7 @@ class EpisodeSource:
 
         u, drawn_aug = self.draw(index, epoch)
         kind = self._sample_type(category, u, sample_type, index)
-        if self.use_image_aug:
-            aug = aug_params if aug_params is not None else drawn_aug
-        else:
-            aug = None
+        aug = aug_params if aug_params is not None else drawn_aug  # explicit parameters always apply
 
         video = self._video(ep, t, future, aug)
         actions = _action_chunk(ep.actions, t, self.chunk_size)
@@ -622,13 +621,14 @@ class EpisodeSource:
         sample: dict[str, Any] = {
             "video": video,
             "actions": actions,
-            "t5_text_embeddings": self.t5_embeddings[ep.command],
+            "t5_text_embeddings": self.t5_embeddings[ep.command].astype(np.float32),
             "t5_text_mask": np.ones(_TEXT_MASK_LEN, dtype=np.int64),
             "fps": _FPS,
             "padding_mask": np.zeros((1, size, size), dtype=np.float32),
             "image_size": np.full(4, size, dtype=np.float32),
-            "proprio": ep.proprio[t] if self.use_proprio else np.zeros_like(ep.proprio[t]),
-            "future_proprio": ep.proprio[future] if self.use_proprio else np.zeros_like(ep.proprio[future]),
+            # Copies: a consumer writing into the sample must not change the episode.
+            "proprio": ep.proprio[t].copy() if self.use_proprio else np.zeros_like(ep.proprio[t]),
+            "future_proprio": ep.proprio[future].copy() if self.use_proprio else np.zeros_like(ep.proprio[future]),
             "__key__": index,
             "rollout_data_mask": int(category != "demo"),
             "rollout_data_success_mask": int(category == "success_rollout"),
@@ -664,7 +664,8 @@ class EpisodeSource:
         frames: dict[tuple[str, int], np.ndarray] = {}
         for role in self.cameras:
             for step in (t, future):
-                frames[(role, step)] = self._frame(ep, role, step)
+                if (role, step) not in frames:
+                    frames[(role, step)] = self._frame(ep, role, step)
         shapes = {k: v.shape for k, v in frames.items()}
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{ep.cameras[r][0]}[{s}] {shape}" for (r, s), shape in shapes.items())

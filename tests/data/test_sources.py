@@ -418,3 +418,48 @@ def test_aloha_layout_split_and_demos_as_rollouts(tmp_path):
         _check_camera_frames(src, s, where["t"], where["future_t"])
     val = AlohaSource(str(root), "", t5, split="val", **common)
     assert [e.num_steps for e in val.demos] == [5]
+
+
+def test_samples_do_not_alias_the_dataset(libero):
+    paths, kwargs = libero
+    src = LiberoSource(**paths, **kwargs)
+    a = src[3]
+    for key in ("proprio", "future_proprio", "actions", "next_action_chunk", "t5_text_embeddings", "video"):
+        a[key][...] = 123
+    b = src[3]
+    for key in ("proprio", "future_proprio", "actions", "next_action_chunk", "t5_text_embeddings", "video"):
+        assert not np.all(b[key] == 123), key
+
+
+def _write_libero_224(root: str, rng) -> str:
+    """Two LIBERO demo files (raw and JPEG) with 256x256 frames, as the production download stores them."""
+    os.makedirs(os.path.join(root, "suite"))
+    for name, jpeg in (("pick_up_the_bowl_demo.hdf5", False), ("open_the_drawer_demo.hdf5", True)):
+        with h5py.File(os.path.join(root, "suite", name), "w") as f:
+            for d in range(2):
+                g = f.create_group(f"data/demo_{d}")
+                for key in ("agentview_rgb", "eye_in_hand_rgb"):
+                    small = rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
+                    frames = np.stack([np.asarray(Image.fromarray(x).resize((256, 256))) for x in small])
+                    write_images(g, f"obs/{key}", frames, jpeg)
+                g["actions"] = low_dim(rng, 30, 7)
+                g["robot_states"] = low_dim(rng, 30, 9)
+    write_t5(os.path.join(root, "t5.pkl"), ["pick up the bowl", "open the drawer"], dim=1024, length=512)
+    return root
+
+
+@pytest.mark.slow
+def test_throughput_224_with_augmentation(tmp_path):
+    """samples/s of one process at 224 px, LIBERO format, stronger augmentation (printed; loose bound)."""
+    import time
+
+    root = _write_libero_224(str(tmp_path / "ds"), np.random.default_rng(0))
+    src = LiberoSource(root, "", os.path.join(root, "t5.pkl"), chunk_size=16, final_image_size=224)
+    src.get(0)
+    n, start, cpu = 30, time.perf_counter(), time.process_time()
+    for i in range(n):
+        s = src.get((i * 7) % len(src), epoch=1)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert s["video"].shape == (3, 33, 224, 224)
+    print(f"\nLIBERO 224px + aug, 1 process: {n / wall:.1f} samples/s wall, {n / cpu:.1f} samples/s per CPU second")
+    assert n / wall > 1.0
