@@ -224,7 +224,8 @@ def save_safetensors(
 
     path = os.fspath(path)
     tmp = path + ".tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp, metadata=metadata)
+    # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
+    save_file({k: np.asarray(v, order="C") for k, v in state_dict.items()}, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -244,7 +245,7 @@ def save_torch(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) ->
                 torch.from_numpy(np.asarray(v).view(np.uint16).astype(np.int32)).to(torch.int16).view(torch.bfloat16)
             )
         else:
-            tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
+            tensors[k] = torch.from_numpy(np.asarray(v, order="C"))  # keeps 0-d buffers 0-d
     tmp = path + ".tmp"
     torch.save(tensors, tmp)
     os.replace(tmp, path)
