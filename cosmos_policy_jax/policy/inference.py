@@ -1,0 +1,240 @@
+"""Policy inference: observation -> action chunk, value and predicted future state (REFERENCE.md 5).
+
+``generate_actions`` builds the video exactly as the datasets do (one blank frame, then
+``temporal_compression`` copies of each current camera image in its slot; every other slot black),
+encodes it with the VAE, conditions on the first ``num_conditional_frames`` latent frames plus the
+injected (normalised) proprio, runs the diffusion sampler from deterministic noise and decodes the
+action chunk (mean over the tiled copies, un-normalised with the dataset statistics), the value
+((v + 1) / 2 clipped to [0, 1]), the future proprio and, optionally, the future camera images.
+
+Everything is batched (several environments per call) and traceable: wrap it in ``nnx.jit`` with
+``cfg``, ``seed``, ``num_steps`` and ``return_future_images`` static (see ``make_policy_fn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cosmos_policy_jax.diffusion.sampler import initial_noise, sample_jax
+from cosmos_policy_jax.policy import injection
+from cosmos_policy_jax.policy.layout import LatentLayout
+from cosmos_policy_jax.policy.objective import PolicyConfig, denoise, normalize_video
+
+STAT_KEYS = ("actions_min", "actions_max", "proprio_min", "proprio_max")
+
+
+def normalize_to_unit_range(x: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """Dataset normalisation to [-1, 1]: 2 (x - min) / (max - min) - 1."""
+    return 2 * (x - low) / (high - low) - 1
+
+
+def unnormalize_from_unit_range(x: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """Inverse of ``normalize_to_unit_range``: 0.5 (x + 1) (max - min) + min."""
+    return 0.5 * (x + 1) * (high - low) + low
+
+
+def decode_action_latent(latent: jax.Array, layout: LatentLayout, chunk_size: int, action_dim: int) -> jax.Array:
+    """Normalised action chunk (B, chunk_size, action_dim): mean over the tiled copies in the action frame."""
+    flat = injection.extract_vector(latent, layout.index("action"), chunk_size * action_dim)
+    return flat.reshape(latent.shape[0], chunk_size, action_dim)
+
+
+def decode_value(latent: jax.Array, layout: LatentLayout) -> jax.Array:
+    """Predicted value in [0, 1] (B,): mean of the value frame mapped by (v + 1) / 2 and clipped."""
+    v = injection.extract_scalar(latent, layout.index("value"))
+    return jnp.clip((v + 1) / 2, 0.0, 1.0)
+
+
+def _images(observation: Mapping[str, Any], layout: LatentLayout) -> dict[str, jax.Array]:
+    out = {}
+    for slot in layout.current_image_slots:
+        if slot not in observation:
+            raise KeyError(f"observation has no {slot!r} image, required by the latent layout")
+        img = jnp.asarray(observation[slot])
+        if img.ndim == 3:
+            img = img[None]
+        if img.ndim != 4 or img.shape[-1] != 3:
+            raise ValueError(f"observation[{slot!r}] must be (B, H, W, 3) uint8, got shape {img.shape}")
+        out[slot] = img
+    if not out:
+        raise ValueError("the latent layout has no current camera image")
+    shapes = {v.shape for v in out.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"observation images must share one (B, H, W, 3) shape, got {sorted(shapes)}")
+    return out
+
+
+def build_video(observation: Mapping[str, Any], layout: LatentLayout, temporal_compression: int = 4) -> jax.Array:
+    """The model's input video (B, 3, T, H, W) uint8 from (B, H, W, 3) uint8 images of the current cameras.
+
+    Frame 0 is blank; each current camera fills the pixel frames of its latent slot; every other frame
+    (proprio, action, future, value slots) is black, as in the datasets.
+    """
+    images = _images(observation, layout)
+    b, h, w, _ = next(iter(images.values())).shape
+    video = jnp.zeros((b, 3, layout.num_pixel_frames(temporal_compression), h, w), jnp.uint8)
+    for slot, img in images.items():
+        frames = layout.pixel_frames(layout.index(slot), temporal_compression)
+        chw = jnp.transpose(img.astype(jnp.uint8), (0, 3, 1, 2))[:, :, None]
+        video = video.at[:, :, frames.start : frames.stop].set(jnp.broadcast_to(chw, (b, 3, len(frames), h, w)))
+    return video
+
+
+def _stats(stats: Mapping[str, Any]) -> dict[str, jax.Array]:
+    missing = [k for k in STAT_KEYS if k not in stats]
+    if missing:
+        raise KeyError(f"dataset statistics lack {missing} (expected keys {', '.join(STAT_KEYS)})")
+    return {k: jnp.asarray(stats[k], jnp.float32) for k in STAT_KEYS}
+
+
+def inference_condition(latent: jax.Array, proprio: jax.Array | None, cfg: PolicyConfig) -> tuple[jax.Array, jax.Array]:
+    """(gt_frames, per-frame mask (B, T)) at inference: the first ``num_conditional_frames`` frames, plus the
+    current-proprio frame holding the injected normalised proprio."""
+    layout = cfg.layout
+    b, t = latent.shape[0], latent.shape[2]
+    mask = jnp.broadcast_to((jnp.arange(t) < layout.num_conditional_frames).astype(jnp.float32), (b, t))
+    gt = latent.astype(jnp.float32)
+    if proprio is not None and layout.has("current_proprio"):
+        k = layout.index("current_proprio")
+        mask = mask.at[:, k].set(1.0)
+        gt = injection.inject_vector(gt, proprio.astype(cfg.compute_dtype).astype(jnp.float32), k)
+    return gt, mask
+
+
+def generate_actions(
+    net: Callable[..., jax.Array],
+    vae: Any,
+    observation: Mapping[str, Any],
+    instruction_embedding: jax.Array,
+    stats: Mapping[str, Any],
+    cfg: PolicyConfig,
+    *,
+    seed: int | None = None,
+    num_steps: int | None = None,
+    return_future_images: bool = False,
+) -> dict[str, Any]:
+    """One policy query for a batch of environments.
+
+    Args:
+      net: the DiT (or a callable with its signature).
+      vae: the VAE (``encode``; ``decode`` for future images).
+      observation: ``{camera slot: (B, H, W, 3) uint8}`` for every current camera of ``cfg.layout``
+        (e.g. ``current_image``, ``current_wrist_image``) and ``proprio`` (B, proprio_dim) raw values.
+      instruction_embedding: T5 embedding (B, L, D) or (L, D) for all environments.
+      stats: dataset statistics with ``actions_min/max`` and ``proprio_min/max``.
+      cfg: policy settings (``model.sampler`` fields give the sampler; ``sampler_seed`` the default seed).
+      seed: seed of the initial noise (numpy RandomState, as the reference); static under jit.
+      num_steps: denoiser calls (default ``cfg.sampler_num_steps``); static under jit.
+      return_future_images: also VAE-decode the predicted future camera images.
+
+    Returns:
+      ``actions`` (B, chunk_size, action_dim) un-normalised, ``actions_normalized``, ``value`` (B,) in [0, 1],
+      ``future_proprio`` (B, proprio_dim) un-normalised, ``latent`` (the sampled latent) and, when asked,
+      ``future_images`` ``{slot: (B, H, W, 3) uint8}``.
+    """
+    layout = cfg.layout
+    st = _stats(stats)
+    seed = cfg.sampler_seed if seed is None else int(seed)
+    num_steps = cfg.sampler_num_steps if num_steps is None else int(num_steps)
+
+    video = build_video(observation, layout, cfg.temporal_compression)
+    b = video.shape[0]
+    latent = jax.lax.stop_gradient(vae.encode(normalize_video(video, cfg.compute_dtype)).astype(jnp.float32))
+    latent = latent * cfg.sigma_data
+    if latent.shape[1] != cfg.state_ch or latent.shape[2] != layout.state_t:
+        raise ValueError(f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={layout.state_t}")
+
+    proprio = None
+    if layout.has("current_proprio"):
+        if "proprio" not in observation:
+            raise KeyError("observation has no 'proprio', required by the latent layout")
+        raw = jnp.asarray(observation["proprio"], jnp.float32).reshape(b, -1)
+        proprio = normalize_to_unit_range(raw, st["proprio_min"], st["proprio_max"])
+    gt_frames, frame_mask = inference_condition(latent, proprio, cfg)
+
+    emb = jnp.asarray(instruction_embedding)
+    if emb.ndim == 2:
+        emb = emb[None]
+    emb = jnp.broadcast_to(emb, (b, *emb.shape[1:]))
+    h, w = video.shape[-2:]
+    padding = jnp.zeros((b, 1, h, w), jnp.float32)
+
+    def x0_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        out = denoise(net, x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
+        return out["x0_pred"]
+
+    x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
+    sample = sample_jax(
+        x0_fn, x_init, num_steps, cfg.sampler_sigma_min, cfg.sampler_sigma_max, cfg.sampler_rho, cfg.sampler_solver
+    )
+
+    actions_norm = decode_action_latent(sample, layout, cfg.chunk_size, cfg.action_dim)
+    result: dict[str, Any] = dict(
+        actions=unnormalize_from_unit_range(actions_norm, st["actions_min"], st["actions_max"]),
+        actions_normalized=actions_norm,
+        latent=sample,
+    )
+    if layout.has("value"):
+        result["value"] = decode_value(sample, layout)
+    if layout.has("future_proprio"):
+        fp = injection.extract_vector(sample, layout.index("future_proprio"), cfg.proprio_dim)
+        result["future_proprio"] = unnormalize_from_unit_range(fp, st["proprio_min"], st["proprio_max"])
+    if return_future_images:
+        result["future_images"] = decode_future_images(vae, sample, latent, cfg)
+    return result
+
+
+def decode_future_images(
+    vae: Any, sample: jax.Array, clean_latent: jax.Array, cfg: PolicyConfig
+) -> dict[str, jax.Array]:
+    """Future camera images ``{slot: (B, H, W, 3) uint8}`` decoded from a sampled latent.
+
+    Frames that do not hold images (blank, proprio, action, value) are restored from the clean latent of the
+    input video first, so injected values do not leak into the decoder; each image slot is read from the
+    first pixel frame of its latent frame.
+    """
+    layout = cfg.layout
+    image_frames = set(layout.frames(layout.image_slots))
+    restore = np.array([k not in image_frames for k in range(layout.state_t)])
+    restored = jnp.where(jnp.asarray(restore)[None, None, :, None, None], clean_latent, sample)
+    video = jnp.asarray(vae.decode(restored / cfg.sigma_data)).astype(jnp.float32)
+    out = {}
+    for slot in layout.image_slots:
+        if not slot.startswith("future_"):
+            continue
+        frame = layout.pixel_frames(layout.index(slot), cfg.temporal_compression).start
+        pixels = jnp.clip((video[:, :, frame] + 1.0) * 127.5, 0, 255).astype(jnp.uint8)
+        out[slot] = jnp.transpose(pixels, (0, 2, 3, 1))
+    return out
+
+
+def make_policy_fn(
+    cfg: PolicyConfig, *, seed: int | None = None, num_steps: int | None = None, return_future_images: bool = False
+) -> Callable[..., dict[str, Any]]:
+    """``fn(net, vae, observation, instruction_embedding, stats)``: ``generate_actions`` under ``nnx.jit``.
+
+    ``net`` and ``vae`` must be NNX modules (their state is traced); everything else in ``cfg`` is static,
+    so one compilation serves every call with the same shapes.
+    """
+
+    @nnx.jit
+    def fn(net, vae, observation, instruction_embedding, stats):
+        return generate_actions(
+            net,
+            vae,
+            observation,
+            instruction_embedding,
+            stats,
+            cfg,
+            seed=seed,
+            num_steps=num_steps,
+            return_future_images=return_future_images,
+        )
+
+    return fn
