@@ -920,6 +920,14 @@ class AlohaSource(EpisodeSource):
         self.split = split
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def from_config(cls, dataset_cfg: Any, *, seed: int = 0, **overrides: Any) -> EpisodeSource:
+        """As the base, plus an optional ``split`` field ("train" / "val"; "" for all demo files)."""
+        split = _cfg_get(dataset_cfg, "split")
+        if split is not None:
+            overrides.setdefault("split", split or None)
+        return super().from_config(dataset_cfg, seed=seed, **overrides)
+
     def _demo_files(self) -> list[str]:
         return find_hdf5_files(self.data_dir, what="dataset.data_dir", split=self.split)
 

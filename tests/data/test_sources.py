@@ -418,6 +418,10 @@ def test_aloha_layout_split_and_demos_as_rollouts(tmp_path):
         _check_camera_frames(src, s, where["t"], where["future_t"])
     val = AlohaSource(str(root), "", t5, split="val", **common)
     assert [e.num_steps for e in val.demos] == [5]
+    cfg = dict(kind="aloha", data_dir=str(root), t5_text_embeddings_path=t5, split="val", **common)
+    assert [e.num_steps for e in make_source(cfg).demos] == [5]
+    cfg["split"] = ""  # every demo file
+    assert len(make_source(cfg).demos) == 3
 
 
 def test_samples_do_not_alias_the_dataset(libero):
