@@ -201,6 +201,7 @@ def _dataset(kind: str) -> config_dict.ConfigDict:
             treat_demos_as_success_rollouts=False,
             return_value_function_returns=True,
             gamma=0.99,
+            split="",  # ALOHA: "train" / "val" episode split; others ignore it
             text_len=512,
             text_dim=1024,
             # demo dataset generator (kind=demo): episodes generated on first use.
@@ -383,8 +384,10 @@ def _aloha() -> config_dict.ConfigDict:
     ds.rollout_data_dir = ""
     ds.t5_text_embeddings_path = "${BASE_DATASETS_DIR}/ALOHA-Cosmos-Policy/preprocessed/t5_embeddings.pkl"
     c.dataloader_train.batch_size = 25
+    ds.split = "train"
     c.dataloader_val.dataset = ds.copy_and_resolve_references()
     c.dataloader_val.dataset.use_image_aug = False
+    c.dataloader_val.dataset.split = "val"
     c.dataloader_val.batch_size = 25
     c.scheduler.cycle_lengths = (20000, 100_000_000_000_000)
     c.scheduler.warm_up_steps = (2000, 0)
