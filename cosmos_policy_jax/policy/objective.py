@@ -252,33 +252,60 @@ def _sample_masks(batch: Mapping[str, Any], batch_size: int) -> tuple[jax.Array,
     return get("rollout_data_mask"), get("world_model_sample_mask"), get("value_function_sample_mask"), present
 
 
-def frame_condition_mask(batch: Mapping[str, Any], batch_size: int, cfg: PolicyConfig) -> jax.Array:
-    """Per-frame conditioning mask (B, T) float32, 1 = clean input frame (REFERENCE.md 4.4).
+def condition_mask(
+    batch: Mapping[str, Any],
+    layout: LatentLayout,
+    *,
+    batch_size: int | None = None,
+    latent_hw: tuple[int, int] | None = None,
+    mask_current_state_action_for_value_prediction: bool = False,
+    mask_future_state_for_qvalue_prediction: bool = False,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """Conditioning mask, 1 = clean input frame (REFERENCE.md 4.4): (B, T), or (B, 1, T, H, W) with ``latent_hw``.
 
     The first ``num_conditional_frames`` frames are inputs. With rollout masks in the batch, world-model
     samples also take the action frame as input, value-function samples take every frame but the value.
     The two input-masking flags turn the current state + action (V(s')) or the future state (Q(s, a)) of
-    value-function samples back into noised frames.
+    value-function samples back into noised frames. ``batch_size`` defaults to the length of the batch's
+    ``rollout_data_mask`` or ``actions``.
     """
-    layout = cfg.layout
+    if batch_size is None:
+        for k in ("rollout_data_mask", "actions", "video"):
+            if k in batch:
+                batch_size = int(np.shape(batch[k])[0])
+                break
+        else:
+            raise ValueError("condition_mask: pass batch_size (the batch has no rollout_data_mask/actions/video)")
     t = layout.state_t
     m = jnp.broadcast_to((jnp.arange(t) < layout.num_conditional_frames).astype(jnp.float32), (batch_size, t))
     _, wm, vf, present = _sample_masks(batch, batch_size)
-    if not present:
+    if present:
+        m = m.at[:, layout.index("action")].set(wm.astype(jnp.float32))
+        is_vf = vf == 1
+        m = jnp.where(is_vf[:, None], 1.0, m)
+        zero_for_vf = list(layout.frames(("value",)))
+        if mask_current_state_action_for_value_prediction:
+            zero_for_vf += [*layout.frames(CURRENT_STATE_SLOTS), layout.index("action")]
+        if mask_future_state_for_qvalue_prediction:
+            zero_for_vf += list(layout.frames(FUTURE_STATE_SLOTS))
+        for k in zero_for_vf:
+            m = m.at[:, k].set(jnp.where(is_vf, 0.0, m[:, k]))
+    m = m.astype(dtype)
+    if latent_hw is None:
         return m
-    m = m.at[:, layout.index("action")].set(wm.astype(jnp.float32))
-    is_vf = (vf == 1)[:, None]
-    m = jnp.where(is_vf, 1.0, m)
-    zero_for_vf = []
-    if layout.has("value"):
-        zero_for_vf.append(layout.index("value"))
-    if cfg.mask_current_state_action_for_value_prediction:
-        zero_for_vf += [*layout.frames(CURRENT_STATE_SLOTS), layout.index("action")]
-    if cfg.mask_future_state_for_qvalue_prediction:
-        zero_for_vf += list(layout.frames(FUTURE_STATE_SLOTS))
-    for k in zero_for_vf:
-        m = m.at[:, k].set(jnp.where(is_vf[:, 0], 0.0, m[:, k]))
-    return m
+    return jnp.broadcast_to(m[:, None, :, None, None], (batch_size, 1, t, *latent_hw))
+
+
+def frame_condition_mask(batch: Mapping[str, Any], batch_size: int, cfg: PolicyConfig) -> jax.Array:
+    """``condition_mask`` (B, T) float32 with the input-masking flags of ``cfg``."""
+    return condition_mask(
+        batch,
+        cfg.layout,
+        batch_size=batch_size,
+        mask_current_state_action_for_value_prediction=cfg.mask_current_state_action_for_value_prediction,
+        mask_future_state_for_qvalue_prediction=cfg.mask_future_state_for_qvalue_prediction,
+    )
 
 
 def loss_frame_mask(batch: Mapping[str, Any], batch_size: int, cfg: PolicyConfig) -> jax.Array:
