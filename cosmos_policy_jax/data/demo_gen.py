@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from cosmos_policy_jax.data import demo_sim, text_stub
+from cosmos_policy_jax.data.errors import DataError
 
 GENERATOR_VERSION = 1
 MANIFEST = "demo_manifest.json"
@@ -249,24 +250,33 @@ def _expand(path: str) -> str:
 
     expanded, missing = expand_path(path)
     if missing:
-        raise ValueError(f"environment variable(s) {', '.join(missing)} not set in {path!r}")
+        raise DataError(f"environment variable(s) {', '.join(missing)} not set in {path!r}")
     return os.path.abspath(expanded)
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
 
 
 def demo_root(dataset_cfg: Any) -> str:
     """The dataset root implied by ``dataset.data_dir`` (``<root>/success_only``); checks the other paths."""
-    data_dir = _expand(dataset_cfg.data_dir)
+    raw = _get(dataset_cfg, "data_dir", "")
+    if not raw:
+        raise DataError("dataset.data_dir: required for the demo dataset (<root>/success_only)")
+    data_dir = _expand(raw)
     if os.path.basename(data_dir.rstrip("/")) != "success_only":
-        raise ValueError(f"dataset.data_dir: a demo dataset lives in <root>/success_only, got {dataset_cfg.data_dir!r}")
+        raise DataError(f"dataset.data_dir: a demo dataset lives in <root>/success_only, got {raw!r}")
     root = os.path.dirname(data_dir.rstrip("/"))
     expected = {
         "rollout_data_dir": os.path.join(root, "all_episodes"),
         "t5_text_embeddings_path": os.path.join(root, "success_only", "t5_embeddings.pkl"),
     }
     for key, want in expected.items():
-        value = dataset_cfg.get(key, "")
+        value = _get(dataset_cfg, key, "")
         if value and _expand(value) != want:
-            raise ValueError(f"dataset.{key}: the demo generator writes {want}, but the config says {value!r}")
+            raise DataError(f"dataset.{key}: the demo generator writes {want}, but the config says {value!r}")
     return root
 
 
@@ -278,17 +288,23 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
     An existing dataset generated with other parameters is an error (never silently reused).
     """
     root = demo_root(dataset_cfg)
-    params = dict(
-        num_episodes=int(dataset_cfg.demo_num_episodes),
-        num_rollouts=int(dataset_cfg.demo_num_rollouts),
-        seed=int(dataset_cfg.demo_seed),
-        image_size=int(dataset_cfg.final_image_size),
-        action_dim=int(dataset_cfg.action_dim),
-        proprio_dim=int(dataset_cfg.proprio_dim),
-        text_len=int(dataset_cfg.text_len),
-        text_dim=int(dataset_cfg.text_dim),
-        jpeg=jpeg,
-    )
+    keys = {
+        "num_episodes": "demo_num_episodes",
+        "num_rollouts": "demo_num_rollouts",
+        "seed": "demo_seed",
+        "image_size": "final_image_size",
+        "action_dim": "action_dim",
+        "proprio_dim": "proprio_dim",
+        "text_len": "text_len",
+        "text_dim": "text_dim",
+    }
+    params: dict[str, Any] = {}
+    for name, key in keys.items():
+        value = _get(dataset_cfg, key)
+        if value is None:
+            raise DataError(f"dataset.{key}: required to generate the demo dataset")
+        params[name] = int(value)
+    params["jpeg"] = bool(jpeg)
     if not os.path.exists(root):
         parent = os.path.dirname(root)
         os.makedirs(parent, exist_ok=True)
@@ -341,16 +357,16 @@ def demo_dataset_config(dataset_cfg: Any, root: str) -> dict[str, Any]:
 def _check_manifest(root: str, params: Mapping[str, Any]) -> None:
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
-        raise ValueError(f"{root} exists but is not a finished demo dataset (no {MANIFEST}); delete it to regenerate")
+        raise DataError(f"{root} exists but is not a finished demo dataset (no {MANIFEST}); delete it to regenerate")
     try:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable demo manifest ({e}); delete {root} to regenerate") from e
+        raise DataError(f"{path}: unreadable demo manifest ({e}); delete {root} to regenerate") from e
     have = manifest.get("params", {})
     for key, want in params.items():
         if have.get(key) != want:
-            raise ValueError(
+            raise DataError(
                 f"{path}: demo dataset was generated with {key}={have.get(key)!r} but the config asks for {want!r}; "
                 f"delete {root} or point dataset.data_dir elsewhere"
             )

@@ -77,18 +77,18 @@ def make_source_for(
     ``layout``/``state_t`` (pass ``config.model.latent_layout`` and ``config.model.state_t``; LIBERO's
     by default). Other kinds: ``sources.make_source`` (libero / robocasa / aloha).
     """
+    kind = dataset_cfg.get("kind", "libero") if hasattr(dataset_cfg, "get") else dataset_cfg.kind
+    if kind == "synthetic":  # needs no files (its path fields may hold unset variables)
+        from cosmos_policy_jax.data.synthetic import SyntheticSource
+
+        return SyntheticSource.from_config(dataset_cfg, seed=seed, layout=layout, state_t=state_t)
     cfg = _expanded(dataset_cfg)
-    kind = cfg.get("kind", "libero")
     if kind == "demo":
         from cosmos_policy_jax.data import demo_gen
         from cosmos_policy_jax.data.sources import LiberoSource
 
         root = demo_gen.ensure_demo_dataset(cfg)
         return LiberoSource.from_config(demo_gen.demo_dataset_config(cfg, root), seed=seed)
-    if kind == "synthetic":
-        from cosmos_policy_jax.data.synthetic import SyntheticSource
-
-        return SyntheticSource.from_config(cfg, seed=seed, layout=layout, state_t=state_t)
     from cosmos_policy_jax.data.sources import make_source
 
     return make_source(cfg, seed=seed)
