@@ -196,8 +196,18 @@ def test_forward_shapes_video_and_image_non_square():
     img = _run(model, x[:, :, :1], ts[:, :1], text, None, pad, data_type="image")
     assert img.shape == (b, cfg.out_channels, 1, h, w)
     # the condition mask and padding mask both influence the output
-    assert not np.allclose(out, _run(model, x, ts, text, 1 - cond, pad))
-    assert not np.allclose(out, _run(model, x, ts, text, cond, 1 - pad))
+    assert not np.allclose(out, _run(model, x, ts, text, 1 - cond, pad, return_intermediates=True)[0])
+    assert not np.allclose(out, _run(model, x, ts, text, cond, 1 - pad, return_intermediates=True)[0])
+
+
+def test_fake_inputs_match_spec_and_run():
+    cfg = _tiny_cfg(num_blocks=1)
+    sizes = dict(batch=1, frames=2, height=4, width=6, text_len=3)
+    spec = cfg.inputs_spec(**sizes)
+    inputs = cfg.fake_inputs(jax.random.key(0), **sizes)
+    assert {k: (v.shape, v.dtype) for k, v in inputs.items()} == {k: (v.shape, v.dtype) for k, v in spec.items()}
+    out = _run(cfg.create(nnx.Rngs(0)), *inputs.values())
+    assert out.shape == (1, cfg.out_channels, 2, 4, 6)
 
 
 def test_bad_inputs_raise_clear_errors():
