@@ -90,8 +90,10 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
-    ("modulation", "tensor"),
-    ("context", None),
+    # AdaLN up-projections are 3D wide: shard them on both model axes (the per-frame modulation
+    # vectors they produce are tiny, so gathering them is cheap).
+    ("modulation", ("tensor", "fsdp")),
+    ("context", "fsdp"),
     ("patch", None),
     ("adaln_lora", None),
     ("head_dim", None),

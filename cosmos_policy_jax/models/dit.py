@@ -406,7 +406,8 @@ class TimestepEmbedding(nnx.Module):
         d = cfg.model_channels
         # (embed, None): one mesh axis may not shard both dims of a square matrix.
         self.linear_1 = layers.Dense(d, d, ("embed", None), **kw)
-        self.linear_2 = layers.Dense(d, 3 * d, ("embed", "modulation"), **kw)
+        # Input dim unsharded: `modulation` already uses fsdp (one mesh axis per array).
+        self.linear_2 = layers.Dense(d, 3 * d, (None, "modulation"), **kw)
 
     def __call__(self, sinusoid_B_T_D: jax.Array) -> jax.Array:
         return self.linear_2(jax.nn.silu(self.linear_1(sinusoid_B_T_D)))

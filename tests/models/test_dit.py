@@ -310,7 +310,7 @@ def _expected_logical(name: str, ndim: int) -> tuple:
     table = {
         "x_embedder/kernel": ("patch", "embed"),
         "t_embedder/linear_1/kernel": ("embed", None),
-        "t_embedder/linear_2/kernel": ("embed", "modulation"),
+        "t_embedder/linear_2/kernel": (None, "modulation"),
         "t_embedding_norm/scale": ("norm",),
         "final_layer/linear/kernel": ("embed", None),
     }
@@ -369,9 +369,8 @@ def test_2b_abstract_init_count_and_per_device_bytes():
         got_bytes += math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
         assert leaf.dtype == jnp.float32
     assert got_bytes == want_bytes
-    # Everything touching the residual stream is fsdp-sharded; what stays replicated on fsdp is the
-    # AdaLN up-projections and the cross-attention k/v (rules map adaln_lora/context to None).
-    assert got_bytes < 4 * n / 8 * 2
+    # Only the small norm gains stay replicated: within 1% of a perfect 1/8 split.
+    assert got_bytes < 4 * n / 8 * 1.01
 
 
 def test_init_is_jitted_into_shardings_tiny():
