@@ -165,8 +165,10 @@ def generate_actions(
     h, w = video.shape[-2:]
     padding = jnp.zeros((b, 1, h, w), jnp.float32)
 
+    net_fn = _traceable(net)
+
     def x0_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
-        out = denoise(net, x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
+        out = denoise(net_fn(), x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
         return out["x0_pred"]
 
     x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
@@ -188,6 +190,19 @@ def generate_actions(
     if return_future_images:
         result["future_images"] = decode_future_images(vae, sample, latent, cfg)
     return result
+
+
+def _traceable(net: Any) -> Callable[[], Any]:
+    """A factory returning ``net`` usable inside the sampler's ``lax.scan``.
+
+    An NNX module that itself uses NNX transforms (the DiT's scanned blocks) cannot be called from a
+    deeper JAX trace than the one it was created in; re-merging it from its split state inside the
+    scan body gives a module of the current trace level, with the same arrays.
+    """
+    if isinstance(net, nnx.Module):
+        graphdef, state = nnx.split(net)
+        return lambda: nnx.merge(graphdef, state, copy=True)
+    return lambda: net
 
 
 def decode_future_images(

@@ -169,3 +169,63 @@ def test_with_vae_and_dit(fx):
         lambda p, x: policy_loss(nnx.merge(graphdef, p), x, jbatch, cfg, sigma=t["sigma"], epsilon=t["epsilon"])
     )(params, latent)
     _check_outputs(t, loss, metrics, aux)
+
+
+@pytest.mark.slow
+def test_generate_actions_with_dit_and_vae(fx):
+    """Integration: ``generate_actions`` with the fixture's DiT and VAE (no reference output exists for it):
+    shapes, ranges, determinism in the seed, and the jitted sampler equals the float64 host sampler."""
+    from cosmos_policy_jax.diffusion import sampler
+    from cosmos_policy_jax.policy import inference
+
+    _, info, batch, cfg = _setup(fx)
+    vae_mod = pytest.importorskip("cosmos_policy_jax.models.vae")
+    convert_vae = pytest.importorskip("cosmos_policy_jax.convert.vae")
+    vae = vae_mod.WanVAE(vae_mod.WanVAEConfig.from_config({**info["vae"], "dtype": "float32"}), rngs=nnx.Rngs(0))
+    nnx.update(vae, convert_vae.import_vae(fixture_path("vae_state_dict.safetensors"), vae)[0])
+    model, _ = _dit(info)
+    lay = cfg.layout
+    video = batch["video"][:1]  # (1, 3, T, H, W): take each current camera from its first pixel frame
+    obs = {s: video[:, :, lay.pixel_frames(lay.index(s)).start].transpose(0, 2, 3, 1) for s in lay.current_image_slots}
+    stats = dict(
+        actions_min=-np.ones(cfg.action_dim, np.float32),
+        actions_max=np.ones(cfg.action_dim, np.float32),
+        proprio_min=-np.ones(cfg.proprio_dim, np.float32),
+        proprio_max=np.ones(cfg.proprio_dim, np.float32),
+    )
+    obs["proprio"] = batch["proprio"][:1]
+    emb = batch["t5_text_embeddings"][0]
+    fn = inference.make_policy_fn(cfg, seed=1, num_steps=5)
+    out = fn(model, vae, obs, emb, stats)
+    again = fn(model, vae, obs, emb, stats)
+    other = inference.make_policy_fn(cfg, seed=2, num_steps=5)(model, vae, obs, emb, stats)
+    assert out["actions"].shape == (1, cfg.chunk_size, cfg.action_dim)
+    assert np.all(np.isfinite(np.asarray(out["actions"])))
+    assert 0.0 <= float(out["value"][0]) <= 1.0
+    np.testing.assert_array_equal(np.asarray(out["actions"]), np.asarray(again["actions"]))
+    assert not np.array_equal(np.asarray(out["actions"]), np.asarray(other["actions"]))
+
+    # The same denoiser driven by the float64 host sampler (reference semantics).
+    latent = vae.encode(inference.normalize_video(inference.build_video(obs, lay), jnp.float32))
+    gt, mask = inference.inference_condition(latent, jnp.asarray(obs["proprio"]), cfg)
+    graphdef, state = nnx.split(model)
+    x0_jit = jax.jit(
+        lambda st, x, s: inference.denoise(
+            nnx.merge(graphdef, st), x, s[:, None], gt, mask, jnp.asarray(emb)[None], None, cfg
+        )["x0_pred"]
+    )
+
+    def x0_fn(x, s):
+        return x0_jit(state, x, s)
+
+    x_init = sampler.initial_noise(tuple(latent.shape), 1, cfg.sampler_sigma_max)
+    ref = sampler.sample(
+        lambda x, s: np.asarray(x0_fn(jnp.asarray(x), jnp.asarray(s))),
+        x_init,
+        5,
+        cfg.sampler_sigma_min,
+        cfg.sampler_sigma_max,
+        cfg.sampler_rho,
+        cfg.sampler_solver,
+    )
+    _close(out["latent"], ref, "jitted sampler vs host sampler with the DiT", rel=1e-5)

@@ -156,6 +156,36 @@ def test_jit_batched_and_future_images():
         assert np.abs(np.asarray(img, np.float64) - expected).max() <= 1.0
 
 
+class ScannedOracle(nnx.Module):
+    """Oracle whose call runs an ``nnx.scan`` over stacked layers, as the DiT's scanned blocks do."""
+
+    def __init__(self, target):
+        self.target = nnx.Variable(jnp.asarray(target))
+
+        @nnx.split_rngs(splits=2)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make(rngs):
+            return nnx.Linear(3, 3, rngs=rngs)
+
+        self.layers = make(nnx.Rngs(0))
+
+    def __call__(self, x, timesteps, emb, mask, padding, data_type="video"):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def body(h, layer):
+            return layer(h)
+
+        zero = 0.0 * body(jnp.ones((1, 3)), self.layers).sum()
+        return OracleNet.__call__(self, x, timesteps, emb, mask, padding) + zero
+
+
+def test_jit_with_a_module_using_nnx_transforms():
+    # Regression: calling such a module inside the sampler's lax.scan under nnx.jit needs a re-merge per trace.
+    cfg, obs, stats, emb, target, (actions, _, _) = setup("libero", b=1, seed=4)
+    obs = {k: v[:1] for k, v in obs.items()}
+    out = inference.make_policy_fn(cfg, seed=0)(ScannedOracle(target[:1]), ToyVAE(), obs, emb, stats)
+    np.testing.assert_allclose(np.asarray(out["actions_normalized"]), actions[:1], atol=1e-4)
+
+
 def test_decode_action_latent_round_trip():
     cfg, *_ = setup("aloha")
     rng = np.random.default_rng(5)
