@@ -1,0 +1,417 @@
+r"""Closed-loop evaluation of a Cosmos Policy checkpoint (or a baseline) in the demo task or in LIBERO.
+
+    python -m cosmos_policy_jax.eval --config=configs/cosmos_policy.py:demo --checkpoint=JOB_DIR \
+        [--episodes=100] [--seed=0] [--num_envs=8] [--policy=model|random|mean_action] \
+        [--save_videos=4] [--output=DIR]
+
+    python -m cosmos_policy_jax.eval --config=configs/cosmos_policy.py:libero --checkpoint=model.pt \
+        --task_suite=libero_spatial [--task_ids=0,1] [--trials_per_task=50] --stats=STATS.json \
+        [--t5=EMBEDDINGS.pkl] [--num_envs=1]
+
+The environment follows the dataset kind of the config (``demo`` -> demo reach simulator,
+``libero`` -> LIBERO). Prints one line per episode and a summary, and writes ``results.json``
+(summary, per-task rates, every episode, timing, settings) and ``episodes.jsonl`` (appended as
+episodes finish) to ``--output``. Exit status 0, or 2 with a one-line error for bad input.
+Details: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from cosmos_policy_jax.eval import preprocess
+from cosmos_policy_jax.eval.loading import EvalInputError
+
+POLICIES = ("model", "random", "mean_action")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    checkpoint: str = ""
+    policy: str = "model"
+    episodes: int = 50  # demo only
+    seed: int = 0
+    num_envs: int = 1
+    save_videos: int = 0
+    output: str = ""
+    stats: str = ""
+    t5: str = ""
+    task_suite: str = ""
+    task_ids: tuple[int, ...] = ()
+    trials_per_task: int = 50
+    max_steps: int | None = None  # override the environment's step limit (quick checks)
+    num_open_loop_steps: int | None = None  # default: config.model.sampler.num_open_loop_steps
+    num_steps: int | None = None  # denoising steps; default: config.model.sampler.num_steps
+    use_ema: bool | None = None
+    jpeg_quality: int | None = -1  # -1: the environment's default (LIBERO 95, demo as its dataset)
+    center_crop: bool | None = None  # None: when the model was trained with crop augmentation
+    flip: bool | None = None  # None: LIBERO yes, demo no
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise EvalInputError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.policy == "model" and not self.checkpoint:
+            raise EvalInputError("--checkpoint is required with --policy=model (or use --policy=random|mean_action)")
+        for name in ("episodes", "num_envs", "trials_per_task"):
+            if int(getattr(self, name)) < 1:
+                raise EvalInputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_videos < 0:
+            raise EvalInputError(f"--save_videos must be >= 0, got {self.save_videos}")
+        for name in ("max_steps", "num_open_loop_steps", "num_steps"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise EvalInputError(f"--{name} must be >= 1, got {value}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the pieces
+# ------------------------------------------------------------------------------------------------
+
+
+def _dataset_cfg(config: Any) -> Any:
+    return config.dataloader_train.dataset
+
+
+def _embedder(config: Any, opts: EvalOptions, kind: str):
+    """instruction -> (L, D) float32 embedding."""
+    from cosmos_policy_jax.eval.loading import load_instruction_embeddings
+
+    ds = _dataset_cfg(config)
+    text_len, text_dim = int(ds.text_len), int(ds.text_dim)
+    path = opts.t5 or ds.t5_text_embeddings_path
+    table = None
+    if opts.policy != "model" and not opts.t5:
+        # Baselines ignore the instruction; do not require an embeddings file for them.
+        return lambda text: np.zeros((1, 1), np.float32)
+    if kind == "demo":
+        # The demo dataset's embeddings are the deterministic stand-in encoder's; use the file when present.
+        from cosmos_policy_jax.eval.loading import expand
+
+        if path and os.path.isfile(expand(path, "dataset.t5_text_embeddings_path")):
+            table = load_instruction_embeddings(path, text_len, text_dim)
+        if table is None:
+            from cosmos_policy_jax.data import text_stub
+
+            return lambda text: text_stub.encode_instruction(text, text_len=text_len, text_dim=text_dim)
+    else:
+        if not path:
+            raise EvalInputError("no T5 embeddings: set --t5=PATH (e.g. NVIDIA's libero_t5_embeddings.pkl)")
+        table = load_instruction_embeddings(path, text_len, text_dim)
+
+    def lookup(text: str) -> np.ndarray:
+        if text not in table:
+            raise EvalInputError(f"no T5 embedding for instruction {text!r} in {path} ({len(table)} instructions)")
+        return table[text]
+
+    return lookup
+
+
+def _build_policy(config: Any, opts: EvalOptions, stats: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    from cosmos_policy_jax.eval import policies
+
+    chunk = int(_dataset_cfg(config).chunk_size)
+    if opts.policy == "random":
+        return policies.RandomPolicy(stats, chunk), {"policy": "random"}
+    if opts.policy == "mean_action":
+        return policies.MeanActionPolicy(stats, chunk), {"policy": "mean_action"}
+    from cosmos_policy_jax.eval.model_policy import build_model_policy
+
+    return build_model_policy(config, opts.checkpoint, stats, use_ema=opts.use_ema, num_steps=opts.num_steps)
+
+
+def _image_spec(config: Any, opts: EvalOptions, kind: str, demo_jpeg: bool) -> preprocess.ImagePreprocessing:
+    ds = _dataset_cfg(config)
+    default_jpeg = preprocess.DEFAULT_JPEG_QUALITY if (kind == "libero" or demo_jpeg) else None
+    return preprocess.ImagePreprocessing(
+        image_size=int(ds.final_image_size),
+        flip=(kind == "libero") if opts.flip is None else bool(opts.flip),
+        jpeg_quality=default_jpeg if opts.jpeg_quality == -1 else opts.jpeg_quality,
+        center_crop=bool(ds.use_image_aug) if opts.center_crop is None else bool(opts.center_crop),
+    )
+
+
+def _demo_setup(config: Any, opts: EvalOptions):
+    from cosmos_policy_jax.data import demo_gen
+    from cosmos_policy_jax.eval import demo_env
+
+    ds = _dataset_cfg(config)
+    root = demo_gen.demo_root(ds)
+    sim = demo_env.sim_config_from_manifest(root, int(ds.final_image_size))
+    if opts.max_steps is not None:
+        sim = dataclasses.replace(sim, max_steps=int(opts.max_steps))
+    jpeg = False
+    manifest = os.path.join(root, demo_gen.MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            jpeg = bool(json.load(f).get("params", {}).get("jpeg", False))
+    env = demo_env.DemoVecEnv(opts.num_envs, sim, int(ds.proprio_dim))
+    episodes = demo_env.demo_episodes(opts.episodes, opts.seed)
+    return env, episodes, {"env": "demo_reach", "sim": dataclasses.asdict(sim)}, jpeg
+
+
+def _libero_setup(config: Any, opts: EvalOptions):
+    from cosmos_policy_jax.eval import libero_env
+
+    if not opts.task_suite:
+        raise EvalInputError(f"--task_suite is required for LIBERO ({', '.join(libero_env.SUITE_MAX_STEPS)})")
+    if opts.task_suite not in libero_env.SUITE_MAX_STEPS:
+        raise EvalInputError(
+            f"unknown --task_suite {opts.task_suite!r}; choose one of {', '.join(libero_env.SUITE_MAX_STEPS)}"
+        )
+    # The reference seeds the host RNGs with its --seed before building environments (set_seed_everywhere).
+    random.seed(opts.seed)
+    np.random.seed(opts.seed % 2**32)
+    info = libero_env.suite_info(opts.task_suite)
+    episodes = libero_env.libero_episodes(info, opts.task_ids, opts.trials_per_task)
+    env = libero_env.LiberoVecEnv(opts.num_envs, opts.task_suite, max_steps=opts.max_steps)
+    meta = {
+        "env": "libero",
+        "task_suite": opts.task_suite,
+        "max_steps": env.max_steps,
+        "settle_steps": env.settle_steps,
+        "resolution": env.resolution,
+    }
+    return env, episodes, meta, False
+
+
+def _default_output(config: Any, opts: EvalOptions) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{config.get('config_arg', 'eval').replace(',', '_')}-{opts.task_suite or 'demo'}-{opts.policy}-{stamp}"
+    return os.path.join("outputs", "eval", name)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# The evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
+    """Run the whole evaluation described by ``config`` and ``opts``; returns (and writes) the report."""
+    from cosmos_policy_jax import config_lib
+    from cosmos_policy_jax.eval import media, rollout
+    from cosmos_policy_jax.eval.loading import load_eval_statistics
+
+    config_lib.resolve(config)
+    ds = _dataset_cfg(config)
+    kind = ds.kind
+    if kind not in ("demo", "libero"):
+        raise EvalInputError(f"closed-loop evaluation supports the demo and libero configs, not dataset.kind={kind!r}")
+    output = opts.output or _default_output(config, opts)
+    os.makedirs(output, exist_ok=True)
+
+    stats, stats_path = load_eval_statistics(ds, opts.stats)
+    embed = _embedder(config, opts, kind)
+    env, episodes, env_meta, demo_jpeg = (_demo_setup if kind == "demo" else _libero_setup)(config, opts)
+    try:
+        spec = _image_spec(config, opts, kind, demo_jpeg)
+        policy, policy_meta = _build_policy(config, opts, stats)
+        open_loop = int(opts.num_open_loop_steps or config.model.sampler.num_open_loop_steps)
+        chunk = int(ds.chunk_size)
+        if open_loop > chunk:
+            raise EvalInputError(f"num_open_loop_steps={open_loop} exceeds the action chunk size {chunk}")
+        log(
+            f"[eval] {len(episodes)} episodes on {env_meta['env']} with {opts.num_envs} env(s), policy={opts.policy}, "
+            f"open loop {open_loop}/{chunk}, images {spec}"
+        )
+        jsonl = os.path.join(output, "episodes.jsonl")
+        open(jsonl, "w").close()
+
+        def on_episode(res: rollout.EpisodeResult) -> None:
+            row = {
+                "index": res.spec.index,
+                "task": res.spec.task,
+                "task_id": res.spec.task_id,
+                "trial": res.spec.trial,
+                "seed": res.spec.seed,
+                "instruction": res.instruction,
+                "success": res.success,
+                "length": res.length,
+                "values": [round(v, 4) for v in res.values],
+                "error": res.error,
+            }
+            with open(jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            log(
+                f"[eval] episode {res.spec.index}: {res.instruction!r} trial {res.spec.trial}: success={res.success} length={res.length}"
+            )
+
+        results, timing = rollout.run_episodes(
+            env,
+            policy,
+            episodes,
+            num_open_loop_steps=open_loop,
+            embed=embed,
+            image_spec=spec,
+            record=lambda s: s.index < opts.save_videos,
+            on_episode=on_episode,
+            seed=opts.seed,
+        )
+    finally:
+        env.close()
+
+    videos = []
+    for res in results:
+        if res.frames:
+            frames = media.side_by_side(res.frames)
+            stem = os.path.join(
+                output, "videos", f"ep{res.spec.index:04d}_{res.spec.task}_{'success' if res.success else 'failure'}"
+            )
+            videos.append(media.save_gif(frames, stem + ".gif"))
+            videos.append(media.save_strip(frames, stem + ".png"))
+    report = {
+        "summary": rollout.summarize(results),
+        "timing": timing.summary(opts.num_envs),
+        "settings": {
+            "config": config.get("config_arg", ""),
+            "checkpoint": opts.checkpoint,
+            "stats": stats_path,
+            "seed": opts.seed,
+            "num_envs": opts.num_envs,
+            "num_open_loop_steps": open_loop,
+            "chunk_size": chunk,
+            "image_preprocessing": dataclasses.asdict(spec),
+            **env_meta,
+            **policy_meta,
+        },
+        "episodes": [
+            {
+                "index": r.spec.index,
+                "task": r.spec.task,
+                "task_id": r.spec.task_id,
+                "trial": r.spec.trial,
+                "seed": r.spec.seed,
+                "success": r.success,
+                "length": r.length,
+            }
+            for r in results
+        ],
+        "videos": videos,
+        "output": os.path.abspath(output),
+    }
+    report = _jsonable(report)
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    s, t = report["summary"], report["timing"]
+    log(
+        f"[eval] success rate {s['success_rate']:.3f} ({s['successes']}/{s['episodes']}), mean length "
+        f"{s['mean_length']:.1f}; policy {t['policy_s_per_call']} s/call (first {t['policy_first_call_s']} s), "
+        f"env {t['env_steps_per_s']} steps/s; results in {os.path.join(output, 'results.json')}"
+    )
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line (absl, like train.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file and arg, e.g. configs/cosmos_policy.py:demo", lock_config=True
+    )
+    flags.DEFINE_string("checkpoint", "", "Job dir, orbax checkpoint dir, export .safetensors or reference .pt")
+    flags.DEFINE_enum("policy", "model", list(POLICIES), "The trained model, or a baseline")
+    flags.DEFINE_integer("episodes", 50, "Demo: number of episodes (cycling through the target colours)")
+    flags.DEFINE_integer("seed", 0, "Episode seed stream (demo), host RNG seed (LIBERO) and policy sampling seed")
+    flags.DEFINE_integer("num_envs", 1, "Environments stepping together (one batched policy call for all)")
+    flags.DEFINE_integer("save_videos", 0, "Save the first K episodes as GIF + PNG strip")
+    flags.DEFINE_string("output", "", "Output directory (default outputs/eval/<config>-<suite>-<policy>-<time>)")
+    flags.DEFINE_string("stats", "", "dataset_statistics.json (default: the config's data_dir)")
+    flags.DEFINE_string("t5", "", "T5 embeddings file (default: the config's t5_text_embeddings_path)")
+    flags.DEFINE_string("task_suite", "", "LIBERO suite: libero_spatial | libero_object | libero_goal | libero_10")
+    flags.DEFINE_list("task_ids", [], "LIBERO task ids (default: all tasks of the suite)")
+    flags.DEFINE_integer("trials_per_task", 50, "LIBERO trials (init states) per task")
+    flags.DEFINE_integer("max_steps", None, "Override the episode step limit (quick checks)")
+    flags.DEFINE_integer("num_open_loop_steps", None, "Actions executed per chunk (default: config.model.sampler)")
+    flags.DEFINE_integer("num_steps", None, "Denoising steps (default: config.model.sampler.num_steps)")
+    flags.DEFINE_enum("use_ema", "auto", ["auto", "true", "false"], "Use EMA parameters (auto: when present)")
+    flags.DEFINE_integer("jpeg_quality", -1, "Test-time JPEG quality; -1 env default, 0 off")
+    flags.DEFINE_enum(
+        "center_crop", "auto", ["auto", "true", "false"], "Test-time 90% centre crop (auto: if trained with crop aug)"
+    )
+    flags.DEFINE_enum("flip", "auto", ["auto", "true", "false"], "Vertical flip of camera images (auto: LIBERO)")
+
+
+def _tri(value: str) -> bool | None:
+    return None if value == "auto" else value == "true"
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from cosmos_policy_jax import config_lib
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if f.config is None:
+        print("error: --config is required, e.g. --config=configs/cosmos_policy.py:demo", file=sys.stderr)
+        return 2
+    try:
+        opts = EvalOptions(
+            checkpoint=f.checkpoint,
+            policy=f.policy,
+            episodes=f.episodes,
+            seed=f.seed,
+            num_envs=f.num_envs,
+            save_videos=f.save_videos,
+            output=f.output,
+            stats=f.stats,
+            t5=f.t5,
+            task_suite=f.task_suite,
+            task_ids=tuple(int(t) for t in f.task_ids),
+            trials_per_task=f.trials_per_task,
+            max_steps=f.max_steps,
+            num_open_loop_steps=f.num_open_loop_steps,
+            num_steps=f.num_steps,
+            use_ema=_tri(f.use_ema),
+            jpeg_quality=None if f.jpeg_quality == 0 else f.jpeg_quality,
+            center_crop=_tri(f.center_crop),
+            flip=_tri(f.flip),
+        )
+        evaluate(f.config, opts)
+    except (EvalInputError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with bad flags or config overrides reported as one line (exit 2)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        print(f"error: bad command line: {first}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run() -> None:
+    from absl import app
+
+    _define_flags()
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
