@@ -36,6 +36,16 @@ def _fail(msg: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def _enable_compilation_cache(jax) -> None:
+    """Persist compiled steps across runs (restarts and resumes skip recompiling); opt out with ''."""
+    path = os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "jax")
+    )
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.trainer.max_iter=10")
@@ -78,6 +88,8 @@ def main(argv: list[str]) -> int:
     import jax
 
     from cosmos_policy_jax.parallel.mesh import make_mesh
+
+    _enable_compilation_cache(jax)
 
     try:
         config_lib.validate(config, num_devices=jax.device_count(), unresolved=unresolved, check_paths=False)

@@ -1,0 +1,421 @@
+"""The training loop (REFERENCE.md section 7 with the JAX ecosystem's parts).
+
+One trainer iteration = one optimizer step = ``grad_accum_iter`` calls of the jitted micro-step.
+The host never waits on the device between sync points: metrics stay on device until a logging
+point, and batches are prepared by a background thread. At every sync point (logging, checkpoint,
+validation, end, preemption) the optimizer-step count is read back; micro-batches dropped as
+non-finite are made up for there, so checkpoints always sit on window boundaries and
+``iteration`` always equals the number of optimizer steps applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from cosmos_policy_jax import config_lib
+from cosmos_policy_jax.convert.core import WeightImportError
+from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
+from cosmos_policy_jax.data.errors import DataError
+from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
+from cosmos_policy_jax.training import checkpoint as ckpt_lib
+from cosmos_policy_jax.training import flops as flops_lib
+from cosmos_policy_jax.training.callbacks import Callback, build_callbacks
+from cosmos_policy_jax.training.data import DataFeed, global_batch_size
+from cosmos_policy_jax.training.optimizer import make_optimizer
+from cosmos_policy_jax.training.state import (
+    TrainState,
+    abstract_train_state,
+    create_dit_rest,
+    create_train_state,
+    create_vae_params,
+    model_defs,
+    shardings_of,
+    train_state_shardings,
+)
+from cosmos_policy_jax.training.step import jit_train_step, make_train_step
+from cosmos_policy_jax.training.validation import Validator
+
+# Errors caused by bad input (config, data, checkpoint): reported as one line with a non-zero exit.
+BAD_INPUT_ERRORS = (
+    config_lib.ConfigError,
+    DataError,
+    WeightImportError,
+    CheckpointFormatError,
+    UnsafeCheckpointError,
+    ckpt_lib.CheckpointError,
+    FileNotFoundError,
+)
+
+# Metrics that measure time/speed/memory: they differ between otherwise identical runs.
+TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s")
+
+# Dense bf16 peak TFLOP/s per device for MFU, by device kind substring (override: trainer.peak_tflops).
+PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "B200": 2250.0, "L40S": 362.0, "TPU v5p": 459.0}
+
+
+class Preemption:
+    """SIGTERM/SIGINT set a flag; the loop finishes the current step, saves, and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        logging.warning("received signal %d: will checkpoint after the current step and exit", signum)
+        self.requested = True
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def any_process(self) -> bool:
+        """All processes must stop at the same iteration: agree on the flag."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.asarray(flags).any())
+
+
+def _peak_tflops(config) -> float | None:
+    peak = float(config.trainer.get("peak_tflops", 0.0) or 0.0)
+    if peak > 0:
+        return peak
+    kind = jax.devices()[0].device_kind
+    for key, value in PEAK_TFLOPS_BF16.items():
+        if key in kind:
+            return value if config.model.net.dtype != "float32" else value / 2.0
+    return None
+
+
+def _write_job_files(config, launch_info: dict) -> None:
+    path = config.job.path_local
+    os.makedirs(path, exist_ok=True)
+    config_lib.save_yaml(config, os.path.join(path, "config.yaml"))
+    config_lib.atomic_write_text(
+        os.path.join(path, "launch_info.yaml"), yaml.safe_dump(launch_info, sort_keys=False, default_flow_style=False)
+    )
+    config_lib.atomic_write_text(
+        os.path.join(path, "job_env.yaml"), yaml.safe_dump(config_lib.job_env_info(), sort_keys=False)
+    )
+
+
+def _seed_host_rngs(seed: int) -> None:
+    # As the reference: host RNGs seeded by seed + process rank (data randomness does not use them).
+    s = seed + jax.process_index()
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    logging.info(
+        "host RNG seed %d (trainer.seed %d + process %d); JAX key from trainer.seed", s, seed, jax.process_index()
+    )
+
+
+def _average(window: list[dict]) -> dict[str, float]:
+    """Mean over the micro-steps since the last log; NaN entries (empty selections) are skipped."""
+    fetched = jax.device_get(window)
+    out: dict[str, float] = {}
+    for key in fetched[-1]:
+        vals = np.asarray([np.asarray(m[key], np.float64).mean() for m in fetched])
+        if key in ("nonfinite_steps", "optimizer_step", "loss_scale", "lr"):
+            out[key] = float(vals[-1])
+        elif key == "finite":
+            out["nonfinite_in_window"] = float(np.sum(vals == 0))
+        else:
+            finite = vals[np.isfinite(vals)]
+            out[key] = float(finite.mean()) if finite.size else float("nan")
+    return out
+
+
+class Trainer:
+    def __init__(self, config, mesh, launch_info: dict | None = None):
+        self.config = config
+        self.mesh = mesh
+        self.launch_info = launch_info or {}
+        self.is_main = jax.process_index() == 0
+        self.callbacks: list[Callback] = build_callbacks(config)
+        self.preemption = Preemption()
+        self.k = int(config.trainer.grad_accum_iter)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _load_initial_params(self, defs):
+        """Weights from ``checkpoint.load_path`` (.pt / .safetensors / orbax), or None for random init."""
+        path = self.config.checkpoint.load_path
+        if not path:
+            logging.info("checkpoint.load_path is empty: the DiT starts from random initialisation")
+            return None
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint.load_path does not exist: {path}")
+        if ckpt_lib.is_orbax_checkpoint_dir(path):
+            root, step = ckpt_lib.split_step_dir(path)
+            ck = ckpt_lib.Checkpointer(root, read_only=True)
+            step = step if step is not None else (ck.steps() or [None])[-1]
+            if step is None:
+                raise ckpt_lib.CheckpointError(f"checkpoint.load_path {path}: no checkpoint steps found")
+            params = ck.restore_params(step, defs.dit_abstract_params)
+            msg = f"loaded DiT parameters from orbax checkpoint {root}/{step} (optimizer state not loaded)"
+        else:
+            from cosmos_policy_jax.convert.core import load_state_dict
+            from cosmos_policy_jax.convert.dit import import_dit
+
+            state_dict = load_state_dict(path)
+            # The reference's load_ema_to_reg: prefer EMA weights when the file carries them.
+            use_ema = bool(self.config.checkpoint.load_ema_to_reg) and any(k.startswith("net_ema.") for k in state_dict)
+            nested, report = import_dit(state_dict, defs.dit_abstract_params, use_ema=use_ema)
+            report_src = f"{path}{' (net_ema.* weights)' if use_ema else ''}"
+            params = jax.tree.map(lambda a: a, defs.dit_abstract_params)
+            nnx.replace_by_pure_dict(params, nested)
+            params = jax.device_put(params, shardings_of(defs.dit_abstract_params))
+            msg = f"loaded DiT weights from {report_src}: {report.summary()}"
+            logging.info("loaded keys: %s", ", ".join(report.loaded))
+        logging.warning("%s", msg)
+        if self.is_main:
+            print(f"[cosmos_policy_jax] {msg}", flush=True)
+        return params
+
+    def _restore(self, defs, tx, ck: ckpt_lib.Checkpointer):
+        """(iteration, state, data_state) from resume_from_checkpoint, the job's latest, or a fresh start."""
+        abstract = abstract_train_state(self.config, defs, tx, self.mesh)
+        src = self.config.checkpoint.resume_from_checkpoint
+        if src:
+            root, step = ckpt_lib.split_step_dir(src)
+            other = ckpt_lib.Checkpointer(root, read_only=True)
+            if step is None:
+                got = other.restore_latest(abstract)
+                if got is None:
+                    raise ckpt_lib.CheckpointError(f"checkpoint.resume_from_checkpoint {src}: no usable checkpoint")
+                return got
+            try:
+                state, data = other.restore(step, abstract)
+            except Exception as e:
+                raise ckpt_lib.CheckpointError(f"checkpoint.resume_from_checkpoint {src}: cannot restore ({e})") from e
+            return step, state, data
+        got = ck.restore_latest(abstract)
+        if got is not None:
+            logging.warning("resuming from %s", ck.step_dir(got[0]))
+            if self.is_main:
+                print(f"[cosmos_policy_jax] resuming from {ck.step_dir(got[0])}", flush=True)
+            return got
+        params = self._load_initial_params(defs)
+        return 0, create_train_state(self.config, defs, tx, self.mesh, params=params), None
+
+    # -- main ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config, mesh = self.config, self.mesh
+        if self.is_main:
+            _write_job_files(config, self.launch_info)
+        _seed_host_rngs(int(config.trainer.seed))
+        defs = model_defs(config, mesh)
+        tx, schedule = make_optimizer(config)
+        ck = ckpt_lib.Checkpointer(
+            os.path.join(config.job.path_local, "checkpoints"),
+            keep_last=int(config.checkpoint.keep_last),
+            async_save=bool(config.checkpoint.async_save),
+        )
+        start_iter, state, data_state = self._restore(defs, tx, ck)
+        vae_params = create_vae_params(config, defs, mesh)
+        dit_rest = create_dit_rest(defs, mesh, config)
+
+        _, dp_procs = process_data_parallel_info(mesh)
+        gbs = global_batch_size(config.dataloader_train, mesh)
+        feed = DataFeed(config, "dataloader_train", mesh, state=data_state)
+        validator = Validator(config, mesh, defs) if config.trainer.run_validation else None
+
+        step_fn = make_train_step(config, defs, tx, schedule)
+        state_sh = train_state_shardings(config, defs, tx, mesh)
+        first_batch, first_data_state = feed.next()
+        jitted = jit_train_step(
+            step_fn,
+            state_sh,
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), first_batch),
+            shardings_of(defs.vae_abstract_params),
+            shardings_of(defs.dit_abstract_rest),
+            mesh,
+        )
+        flops = flops_lib.train_flops_per_sample(config)
+        peak = _peak_tflops(config)
+        n_dev = jax.device_count()
+        logging.info(
+            "global batch %d (per process %d, %d data-parallel process groups, %d data-parallel devices); "
+            "grad_accum_iter %d; %.3g model FLOPs per sample",
+            gbs,
+            gbs // dp_procs,
+            dp_procs,
+            data_parallel_size(mesh),
+            self.k,
+            flops["total"],
+        )
+
+        self.preemption.install()
+        for cb in self.callbacks:
+            cb.on_train_start(self, start_iter)
+        iteration = start_iter
+        max_iter = int(config.trainer.max_iter)
+        log_every = int(config.trainer.logging_iter)
+        save_every = int(config.checkpoint.save_iter)
+        val_every = int(config.trainer.validation_iter)
+        window: list[dict] = []
+        pending = (first_batch, first_data_state)
+        last_saved = start_iter
+        exit_code = 0
+        micro = 0
+        t_window = None
+        data_wait = 0.0
+        consecutive_skips = 0
+
+        def next_batch():
+            nonlocal pending, data_wait
+            if pending is not None:
+                out, pending = pending, None
+                return out
+            t0 = time.monotonic()
+            out = feed.next()
+            data_wait += time.monotonic() - t0
+            return out
+
+        with jax.set_mesh(mesh):
+            while iteration < max_iter:
+                for _ in range(self.k):
+                    batch, data_state = next_batch()
+                    state, metrics = jitted(state, batch, vae_params, dit_rest)
+                    window.append(metrics)
+                    micro += 1
+                if t_window is None:  # the first call compiled: time from here on
+                    jax.block_until_ready(metrics)
+                    t_window, micro, data_wait = time.monotonic(), 0, 0.0
+                iteration += 1
+                preempt = (
+                    self.preemption.any_process() if iteration % log_every == 0 or self.preemption.requested else False
+                )
+                sync = (
+                    iteration % log_every == 0
+                    or iteration % save_every == 0
+                    or iteration == max_iter
+                    or preempt
+                    or (validator is not None and iteration % val_every == 0)
+                )
+                if not sync:
+                    continue
+                # Make up for micro-batches dropped as non-finite so that optimizer steps == iteration.
+                while int(state.opt_state.gradient_step) < iteration:
+                    consecutive_skips += 1
+                    if consecutive_skips > 100 * self.k:
+                        raise FloatingPointError(
+                            f"training diverged: {consecutive_skips} consecutive non-finite micro-steps at iteration {iteration}"
+                        )
+                    batch, data_state = next_batch()
+                    state, metrics = jitted(state, batch, vae_params, dit_rest)
+                    window.append(metrics)
+                    micro += 1
+                consecutive_skips = 0
+                if iteration % log_every == 0 or iteration == max_iter:
+                    logged = _average(window)
+                    now = time.monotonic()
+                    elapsed = max(now - t_window, 1e-9)
+                    sps = micro * gbs / elapsed
+                    logged.update(
+                        step_time_s=elapsed / max(micro / self.k, 1e-9),
+                        samples_per_s=sps,
+                        tflops_per_device=flops["total"] * sps / n_dev / 1e12,
+                        data_wait_s=data_wait,
+                    )
+                    if peak:
+                        logged["mfu"] = logged["tflops_per_device"] / peak
+                    for cb in self.callbacks:
+                        if self.is_main or cb.all_processes:
+                            cb.on_step_end(self, iteration, logged)
+                    window, micro, data_wait, t_window = [], 0, 0.0, time.monotonic()
+                if validator is not None and iteration % val_every == 0:
+                    vmetrics = validator.run(state.params, vae_params, dit_rest, iteration)
+                    for cb in self.callbacks:
+                        if self.is_main or cb.all_processes:
+                            cb.on_validation_end(self, iteration, vmetrics)
+                if iteration % save_every == 0 or iteration == max_iter or preempt:
+                    self._save(ck, iteration, state, data_state)
+                    last_saved = iteration
+                if preempt:
+                    ck.wait()
+                    exit_code = int(config.trainer.exit_code_on_preemption)
+                    logging.warning("preempted: checkpoint %d written, exiting with %d", iteration, exit_code)
+                    if self.is_main:
+                        print(f"[cosmos_policy_jax] preempted at iteration {iteration}; checkpoint saved", flush=True)
+                    break
+            if exit_code == 0 and last_saved != iteration:
+                self._save(ck, iteration, state, data_state)
+        ck.wait()
+        feed.close()
+        if validator is not None:
+            validator.close()
+        self.preemption.uninstall()
+        if exit_code == 0:
+            self._export(defs, state)
+        for cb in self.callbacks:
+            if self.is_main or cb.all_processes:
+                cb.on_train_end(self, iteration)
+        ck.close()
+        return exit_code
+
+    def _save(self, ck: ckpt_lib.Checkpointer, iteration: int, state: TrainState, data_state: bytes) -> None:
+        ck.save(iteration, state, data_state, config_lib.to_plain_dict(self.config))
+        for cb in self.callbacks:
+            if self.is_main or cb.all_processes:
+                cb.on_checkpoint_saved(self, iteration, ck.step_dir(iteration))
+
+    def _export(self, defs, state: TrainState) -> None:
+        """Inference export: the (EMA, if enabled) parameters as a reference-format ``net.`` state dict."""
+        if not self.config.checkpoint.get("export_on_end", True):
+            return
+        params = state.ema_params if state.ema_params is not None else state.params
+        if jax.process_count() > 1:
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if not self.is_main:
+            return
+        from cosmos_policy_jax.convert.dit import export_dit
+
+        path = os.path.join(self.config.job.path_local, "export", "net.safetensors")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        export_dit(params, defs.dit_cfg, path)
+        logging.info("exported %s parameters to %s", "EMA" if state.ema_params is not None else "raw", path)
+
+
+def run(config, mesh, launch_info: dict | None = None) -> int:
+    return Trainer(config, mesh, launch_info).run()
+
+
+def read_metrics(job_dir: str) -> list[dict]:
+    with open(os.path.join(job_dir, "metrics.jsonl")) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def deterministic_row(row: dict) -> dict:
+    """A metrics row without the timing/memory fields (which differ between identical runs)."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in TIMING_KEYS and not k.startswith("device") and not (isinstance(v, float) and math.isnan(v))
+    }
+
+
+_ = jnp  # jnp is used by callers importing from here in tests
