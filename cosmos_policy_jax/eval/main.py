@@ -351,6 +351,11 @@ def _define_flags():
         "center_crop", "auto", ["auto", "true", "false"], "Test-time 90% centre crop (auto: if trained with crop aug)"
     )
     flags.DEFINE_enum("flip", "auto", ["auto", "true", "false"], "Vertical flip of camera images (auto: LIBERO)")
+    flags.DEFINE_string(
+        "compilation_cache",
+        os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "xla"),
+        "Persistent XLA compilation cache directory ('' to disable); repeated evaluations skip recompiling",
+    )
 
 
 def _tri(value: str) -> bool | None:
@@ -369,6 +374,12 @@ def main(argv: list[str]) -> int:
     if f.config is None:
         print("error: --config is required, e.g. --config=configs/cosmos_policy.py:demo", file=sys.stderr)
         return 2
+    if f.compilation_cache:
+        import jax
+
+        # Compiling the model (and the random VAE init of the demo config) takes minutes on a CPU.
+        jax.config.update("jax_compilation_cache_dir", f.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     try:
         opts = EvalOptions(
             checkpoint=f.checkpoint,
