@@ -35,37 +35,40 @@ from cosmos_policy_jax.convert.core import (
 from cosmos_policy_jax.models.vae import WanVAE, WanVAEConfig, decoder_layout, encoder_layout
 
 
+def _permute(axes: tuple[int, ...]):
+    """Transpose to the other layout; a tensor of the wrong rank passes unchanged so that the
+    shape check in ``import_state_dict`` reports it (instead of a numpy error)."""
+
+    def f(w: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.transpose(w, axes)) if w.ndim == len(axes) else w
+
+    return f
+
+
 def _conv3d_rule(key: str, path: Path) -> list[Rule]:
     return [
-        Rule(
-            f"{key}.weight",
-            (*path, "kernel"),
-            lambda w: np.ascontiguousarray(np.transpose(w, (2, 3, 4, 1, 0))),
-            lambda w: np.ascontiguousarray(np.transpose(w, (4, 3, 0, 1, 2))),
-        ),
+        Rule(f"{key}.weight", (*path, "kernel"), _permute((2, 3, 4, 1, 0)), _permute((4, 3, 0, 1, 2))),
         Rule(f"{key}.bias", (*path, "bias")),
     ]
 
 
 def _conv2d_rule(key: str, path: Path) -> list[Rule]:
     return [
-        Rule(
-            f"{key}.weight",
-            (*path, "kernel"),
-            lambda w: np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))),
-            lambda w: np.ascontiguousarray(np.transpose(w, (3, 2, 0, 1))),
-        ),
+        Rule(f"{key}.weight", (*path, "kernel"), _permute((2, 3, 1, 0)), _permute((3, 2, 0, 1))),
         Rule(f"{key}.bias", (*path, "bias")),
     ]
 
 
 def _gamma_rule(key: str, path: Path, trailing_ones: int) -> Rule:
-    return Rule(
-        f"{key}.gamma",
-        (*path, "gamma"),
-        lambda g: np.reshape(g, (-1,)),
-        lambda g: np.reshape(g, (-1,) + (1,) * trailing_ones),
-    )
+    """RMS_norm gain ``[C, 1, ...]`` <-> ``(C,)``; any other shape is left for the shape check to report."""
+
+    def to_jax(g: np.ndarray) -> np.ndarray:
+        if g.ndim == 1 + trailing_ones and g.shape[1:] == (1,) * trailing_ones:
+            return g.reshape(-1)
+        # Wrong layout (a bare [C] included): keep a shape that cannot match, so it is reported.
+        return g if g.ndim != 1 else g[None]
+
+    return Rule(f"{key}.gamma", (*path, "gamma"), to_jax, lambda g: np.reshape(g, (-1,) + (1,) * trailing_ones))
 
 
 def _residual_rules(key: str, path: Path, c_in: int, c_out: int) -> list[Rule]:
