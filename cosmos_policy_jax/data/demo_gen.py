@@ -47,8 +47,12 @@ ROLLOUT_POLICIES = ("noisy_expert", "distractor_expert", "hesitant_expert", "ran
 _DEMO_STREAM, _ROLLOUT_STREAM = 1, 2
 
 
-def _pad_dims(x: np.ndarray, dim: int) -> np.ndarray:
-    """Repeat the 2 meaningful columns cyclically up to ``dim`` columns."""
+def pad_dims(x: np.ndarray, dim: int) -> np.ndarray:
+    """Repeat the 2 meaningful columns cyclically up to ``dim`` columns (how proprio/actions are stored).
+
+    A policy evaluated in ``demo_sim`` builds its proprio input the same way from ``obs["proprio"]``
+    and sends the first two entries of its (un-normalised) action to the environment.
+    """
     return x[..., np.arange(dim) % 2]
 
 
@@ -172,8 +176,8 @@ def generate_demo_dataset(
             obs = g.create_group("obs")
             _write_images(obs, "agentview_rgb", ep.primary, jpeg)
             _write_images(obs, "eye_in_hand_rgb", ep.wrist, jpeg)
-            g.create_dataset("actions", data=_pad_dims(ep.actions, action_dim).astype(np.float32))
-            g.create_dataset("robot_states", data=_pad_dims(ep.proprio, proprio_dim).astype(np.float32))
+            g.create_dataset("actions", data=pad_dims(ep.actions, action_dim).astype(np.float32))
+            g.create_dataset("robot_states", data=pad_dims(ep.proprio, proprio_dim).astype(np.float32))
             rewards = np.zeros(len(ep.actions), np.float32)
             rewards[-1] = 1.0
             g.create_dataset("rewards", data=rewards)
@@ -197,8 +201,8 @@ def generate_demo_dataset(
         with h5py.File(os.path.join(rollout_dir, name), "w") as f:
             _write_images(f, "primary_images", ep.primary, jpeg)
             _write_images(f, "wrist_images", ep.wrist, jpeg)
-            f.create_dataset("proprio", data=_pad_dims(ep.proprio, proprio_dim))
-            f.create_dataset("actions", data=_pad_dims(ep.actions, action_dim))
+            f.create_dataset("proprio", data=pad_dims(ep.proprio, proprio_dim))
+            f.create_dataset("actions", data=pad_dims(ep.actions, action_dim))
             f.attrs["success"] = ep.success
             f.attrs["task_description"] = ep.instruction
         outcomes.append(ep.success)
