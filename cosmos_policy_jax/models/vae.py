@@ -71,6 +71,11 @@ class WanVAEConfig:
 
     ``dtype`` is the compute dtype (``"bfloat16"`` in production, ``"float32"`` for parity);
     ``conv_impl`` selects the 3x3x3 convolution kernel (see the module docstring).
+    ``batch_steps`` splits encode/decode into that many sequential passes over the batch (a
+    ``lax.map``) to bound activation memory: one 33x224x224 clip needs ~2.3 GB of bf16 temporaries
+    in one full-sequence pass. Pass ``j`` takes samples ``j, j + s, j + 2s, ...``, so a batch
+    sharded in contiguous blocks stays evenly spread over the devices when ``s`` divides the
+    per-device batch. Same math as one pass (equal up to float summation order).
     """
 
     dim: int = 96
@@ -81,6 +86,7 @@ class WanVAEConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     conv_impl: str = "auto"
+    batch_steps: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "dim_mult", tuple(int(m) for m in self.dim_mult))
@@ -102,6 +108,8 @@ class WanVAEConfig:
                 raise ValueError(f"model.tokenizer.{key} must be one of {_DTYPES}, got {getattr(self, key)!r}")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"model.tokenizer.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if int(self.batch_steps) < 1:
+            raise ValueError(f"model.tokenizer.batch_steps must be >= 1, got {self.batch_steps}")
 
     @classmethod
     def from_config(cls, tok_cfg: Any) -> WanVAEConfig:
@@ -180,6 +188,15 @@ def causal_conv3d(
     ph, pw = kh // 2, kw // 2
     if kt == kh == kw == 1 and stride_t == 1:
         return _dot_channels(x, kernel[0, 0, 0])
+    if (kh > 1 or kw > 1) and resolve_conv_impl(impl) == "conv3d":
+        # The convolution pads time itself (no padded copy of the activations).
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride_t, 1, 1),
+            ((pad_front, 0), (ph, ph), (pw, pw)),
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        )
     if pad_front:
         x = jnp.pad(x, ((0, 0), (pad_front, 0), (0, 0), (0, 0), (0, 0)))
     t_out = (x.shape[1] - kt) // stride_t + 1
@@ -188,14 +205,6 @@ def causal_conv3d(
         taps = [x[:, i : i + stride_t * (t_out - 1) + 1 : stride_t] for i in range(kt)]
         xs = jnp.concatenate(taps, axis=-1) if kt > 1 else taps[0]
         return _dot_channels(xs, kernel.reshape(kt * kernel.shape[3], kernel.shape[4]))
-    if resolve_conv_impl(impl) == "conv3d":
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (stride_t, 1, 1),
-            ((0, 0), (ph, ph), (pw, pw)),
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
     # "taps": one 2D convolution per temporal tap on the shifted frames, time folded into batch.
     out = None
     for i in range(kt):
@@ -544,6 +553,17 @@ class WanVAE(nnx.Module):
         inv_std = jnp.asarray((np.float32(1.0) / std.astype(np.float32)).astype(dt))
         return mean, inv_std
 
+    def _map_batch(self, fn, x: jax.Array) -> jax.Array:
+        """``fn`` over the batch in ``cfg.batch_steps`` sequential passes (see ``WanVAEConfig``)."""
+        steps, b = int(self.cfg.batch_steps), x.shape[0]
+        if steps == 1 or b == 1:
+            return fn(x)
+        if b % steps:
+            raise ValueError(f"model.tokenizer.batch_steps={steps} must divide the batch size {b}")
+        xs = jnp.swapaxes(x.reshape(b // steps, steps, *x.shape[1:]), 0, 1)
+        ys = jax.lax.map(fn, xs)
+        return jnp.swapaxes(ys, 0, 1).reshape(b, *ys.shape[2:])
+
     def _check_video(self, video: jax.Array) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"WanVAE.encode: video must be (B, 3, T, H, W), got shape {tuple(video.shape)}")
@@ -558,7 +578,7 @@ class WanVAE(nnx.Module):
         """Posterior mean in the compute dtype, channels-first."""
         self._check_video(video)
         x = jnp.transpose(video, (0, 2, 3, 4, 1)).astype(jnp.dtype(self.cfg.dtype))
-        h = self.encoder(x)
+        h = self._map_batch(self.encoder, x)
         # Only the first z_dim outputs of the 1x1x1 conv (mu) are used; the log-variance is skipped.
         z = self.cfg.z_dim
         w = self.conv1.kernel[...][0, 0, 0, :, :z].astype(h.dtype)
@@ -599,7 +619,7 @@ class WanVAE(nnx.Module):
         z = latent_B_C_T_H_W.astype(dt)
         z = z / inv_std[None, :, None, None, None] + mean[None, :, None, None, None]
         x = self.conv2(jnp.transpose(z, (0, 2, 3, 4, 1)))
-        x = self.decoder(x)
+        x = self._map_batch(self.decoder, x)
         return jnp.transpose(x, (0, 4, 1, 2, 3)).astype(jnp.float32)
 
 

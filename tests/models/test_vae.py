@@ -116,6 +116,7 @@ def test_config_from_project_config():
         ({"conv_impl": "fft"}, "conv_impl"),
         ({"dim": 0}, "dim"),
         ({"attn_scales": [1.0]}, "attn_scales"),
+        ({"batch_steps": 0}, "batch_steps"),
     ],
 )
 def test_config_errors_name_the_key(overrides, match):
@@ -222,13 +223,15 @@ def test_bad_inputs_raise_clear_errors():
         model.decode(jnp.zeros((1, 8, 2, 2, 2)))
 
 
-def test_jit_with_batch_sharded_over_8_devices_equals_unsharded():
+@pytest.mark.parametrize("mesh_shape,batch,steps", [((8, 1, 1), 8, 1), ((2, 2, 2), 8, 2)])
+def test_jit_with_sharded_batch_equals_unsharded(mesh_shape, batch, steps):
+    """Batch over (data, fsdp), params replicated; ``batch_steps`` passes keep the batch sharded."""
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices")
-    model = _model()
-    video = _video((8, 3, 5, 16, 16))
-    want = np.asarray(model.encode(video))
-    mesh = jax.make_mesh((8, 1, 1), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    model = _model(batch_steps=steps)
+    video = _video((batch, 3, 5, 16, 16))
+    want = np.asarray(_model().encode(video))
+    mesh = jax.make_mesh(mesh_shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     sharded = jax.device_put(video, batch_sharding(mesh, 5))
@@ -236,6 +239,11 @@ def test_jit_with_batch_sharded_over_8_devices_equals_unsharded():
     got = encode(state, sharded)
     assert got.sharding.is_equivalent_to(batch_sharding(mesh, 5), 5)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_steps_must_divide_batch():
+    with pytest.raises(ValueError, match="batch_steps=3"):
+        _model(batch_steps=3).encode(_video((4, 3, 1, 16, 16)))
 
 
 def test_production_width_encode_compiles_and_runs():
