@@ -68,11 +68,18 @@ def main(argv=None) -> dict:
     p.add_argument("--num-res-blocks", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--conv-impl", default="auto", choices=["auto", "conv3d", "taps"])
+    p.add_argument("--batch-steps", type=int, default=1, help="sequential passes over the batch (memory)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
-    cfg = WanVAEConfig(dim=args.dim, num_res_blocks=args.num_res_blocks, dtype=args.dtype, conv_impl=args.conv_impl)
+    cfg = WanVAEConfig(
+        dim=args.dim,
+        num_res_blocks=args.num_res_blocks,
+        dtype=args.dtype,
+        conv_impl=args.conv_impl,
+        batch_steps=args.batch_steps,
+    )
     model = WanVAE(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     encode = jax.jit(lambda s, v: nnx.merge(graphdef, s).encode(v))
@@ -82,6 +89,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     compiled = encode.lower(state, video).compile()
     compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
     compiled(state, video).block_until_ready()  # warm-up
     times = []
     for _ in range(args.repeats):
@@ -96,6 +104,7 @@ def main(argv=None) -> dict:
         "dim": args.dim,
         "dtype": args.dtype,
         "conv_impl": resolve_conv_impl(args.conv_impl),
+        "batch_steps": args.batch_steps,
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "compile_s": round(compile_s, 3),
@@ -104,6 +113,7 @@ def main(argv=None) -> dict:
         "encode_s_max": round(max(times), 4),
         "flops": flops,
         "gflops_per_s": round(flops / med / 1e9, 1),
+        "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
         "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if args.json:

@@ -567,6 +567,10 @@ class WanVAE(nnx.Module):
     def _check_video(self, video: jax.Array) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"WanVAE.encode: video must be (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        if not jnp.issubdtype(video.dtype, jnp.floating):
+            raise ValueError(
+                f"WanVAE.encode: video must be float in [-1, 1] (e.g. uint8 / 127.5 - 1), got {video.dtype}"
+            )
         t, h, w = video.shape[2:]
         tf, sf = self.cfg.temporal_factor, self.cfg.spatial_factor
         if (t - 1) % tf:

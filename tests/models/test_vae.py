@@ -219,6 +219,8 @@ def test_bad_inputs_raise_clear_errors():
         model.encode(_video((1, 3, 5, 12, 16)))
     with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
         model.encode(_video((1, 4, 5, 16, 16)))
+    with pytest.raises(ValueError, match="uint8"):
+        model.encode(jnp.zeros((1, 3, 5, 16, 16), jnp.uint8))
     with pytest.raises(ValueError, match="latent"):
         model.decode(jnp.zeros((1, 8, 2, 2, 2)))
 
