@@ -25,6 +25,7 @@ way. ``num_envs=1`` reproduces the reference's order exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_policy_jax.eval.loading import EvalInputError
+from cosmos_policy_jax.eval.errors import EvalInputError
 from cosmos_policy_jax.eval.rollout import EpisodeSpec, Observation
 
 SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -229,3 +230,139 @@ class LiberoVecEnv:
                 env.close()
         self._envs = [None] * self.num_envs
         self._env_task = [None] * self.num_envs
+
+
+# ------------------------------------------------------------------------------------------------
+# One process per environment: rendering dominates a LIBERO step and runs on one core, so M
+# environments in M processes step (and reset) concurrently on a multi-core host.
+# ------------------------------------------------------------------------------------------------
+
+
+def _worker(conn: Any, suite_name: str, max_steps: int, settle_steps: int, resolution: int) -> None:
+    """Serve one single-slot ``LiberoVecEnv`` over a pipe: ("reset", spec) / ("step", action) / ("close", None)."""
+    env = None
+    try:
+        env = LiberoVecEnv(1, suite_name, max_steps=max_steps, settle_steps=settle_steps, resolution=resolution)
+        conn.send(("ready", None))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "reset":
+                obs = env.reset([arg])
+                conn.send(("ok", (obs, env.instructions()[0])))
+            elif cmd == "step":
+                obs, done, success = env.step(arg[None])
+                conn.send(("ok", (obs, bool(done[0]), bool(success[0]), env.errors[0])))
+            elif cmd == "close":
+                break
+    except Exception as e:  # report instead of dying silently; the parent raises it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        if env is not None:
+            env.close()
+        conn.close()
+
+
+class ProcessLiberoVecEnv:
+    """``LiberoVecEnv`` semantics with every slot's environment in its own (spawned) process."""
+
+    def __init__(
+        self,
+        num_envs: int,
+        suite_name: str,
+        *,
+        max_steps: int | None = None,
+        settle_steps: int = NUM_SETTLE_STEPS,
+        resolution: int = RENDER_RESOLUTION,
+    ):
+        import multiprocessing as mp
+
+        _import_libero()  # fail early, with the install hint, in the parent
+        if suite_name not in SUITE_MAX_STEPS:
+            raise EvalInputError(
+                f"unknown LIBERO task suite {suite_name!r}; choose one of {', '.join(SUITE_MAX_STEPS)}"
+            )
+        self.num_envs = int(num_envs)
+        self.suite_name = suite_name
+        self.max_steps = int(max_steps if max_steps is not None else SUITE_MAX_STEPS[suite_name])
+        self.settle_steps = int(settle_steps)
+        self.resolution = int(resolution)
+        ctx = mp.get_context("spawn")  # never fork a process that holds JAX/XLA threads
+        self._conns, self._procs = [], []
+        for _ in range(self.num_envs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker,
+                args=(child, suite_name, self.max_steps, self.settle_steps, self.resolution),
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for conn in self._conns:
+            self._recv(conn)
+        self._obs: list[Observation | None] = [None] * self.num_envs
+        self._texts = [""] * self.num_envs
+        self.steps = np.zeros(self.num_envs, np.int64)
+        self.done = np.ones(self.num_envs, bool)
+        self.success = np.zeros(self.num_envs, bool)
+        self.errors: list[str | None] = [None] * self.num_envs
+
+    @staticmethod
+    def _recv(conn: Any) -> Any:
+        status, payload = conn.recv()
+        if status == "error":
+            raise RuntimeError(f"LIBERO worker failed: {payload}")
+        return payload
+
+    def _observation(self) -> Observation:
+        ref = next(o for o in self._obs if o is not None)
+        obs = [o if o is not None else ref for o in self._obs]
+        return Observation(
+            images={k: np.concatenate([o.images[k] for o in obs]) for k in ref.images},
+            proprio=np.concatenate([o.proprio for o in obs]),
+        )
+
+    def reset(self, episodes: Sequence[EpisodeSpec | None]) -> Observation:
+        if len(episodes) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} episode slots, got {len(episodes)}")
+        if all(e is None for e in episodes):
+            raise ValueError("reset needs at least one episode")
+        for i, spec in enumerate(episodes):
+            if spec is not None:
+                self._conns[i].send(("reset", spec))
+        for i, spec in enumerate(episodes):
+            self.steps[i] = 0
+            self.success[i] = False
+            self.errors[i] = None
+            self.done[i] = spec is None
+            if spec is None:
+                self._texts[i] = ""
+                continue
+            self._obs[i], self._texts[i] = self._recv(self._conns[i])
+        return self._observation()
+
+    def step(self, actions: np.ndarray) -> tuple[Observation, np.ndarray, np.ndarray]:
+        actions = np.asarray(actions, np.float64)
+        if actions.shape != (self.num_envs, 7):
+            raise ValueError(f"LIBERO needs actions of shape ({self.num_envs}, 7), got {actions.shape}")
+        running = np.flatnonzero(~self.done)
+        for i in running:
+            self._conns[i].send(("step", actions[i]))
+        for i in running:
+            self._obs[i], done, success, error = self._recv(self._conns[i])
+            self.steps[i] += 0 if error else 1
+            self.done[i], self.success[i], self.errors[i] = done, success, error
+        return self._observation(), self.done.copy(), self.success.copy()
+
+    def instructions(self) -> list[str]:
+        return list(self._texts)
+
+    def close(self) -> None:
+        for conn, proc in zip(self._conns, self._procs):
+            with contextlib.suppress(BrokenPipeError, OSError):  # the worker may be gone already
+                conn.send(("close", None))
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []

@@ -18,17 +18,14 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from cosmos_policy_jax.config_lib import expand_path
 from cosmos_policy_jax.data import statistics as stats_lib
 from cosmos_policy_jax.data.errors import DataError
+from cosmos_policy_jax.eval.errors import EvalInputError
 
-
-class EvalInputError(ValueError):
-    """Bad evaluation input (missing checkpoint, statistics or embedding); the CLI prints it as one line."""
+__all__ = ["EvalInputError", "LoadedParams", "load_dit_params", "load_eval_statistics", "load_instruction_embeddings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +82,9 @@ def _restore_orbax_params(step_dir: str, abstract: Any, use_ema: bool | None) ->
 
 def _place(nested: dict, abstract: Any) -> Any:
     """Nested numpy dict -> nnx.State shaped like ``abstract``, on its shardings."""
+    import jax
+    from flax import nnx
+
     state = jax.tree.map(lambda a: a, abstract)
     nnx.replace_by_pure_dict(state, nested)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)

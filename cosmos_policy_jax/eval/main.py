@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cosmos_policy_jax.eval import preprocess
-from cosmos_policy_jax.eval.loading import EvalInputError
+from cosmos_policy_jax.eval.errors import EvalInputError
 
 POLICIES = ("model", "random", "mean_action")
 
@@ -54,6 +54,7 @@ class EvalOptions:
     jpeg_quality: int | None = -1  # -1: the environment's default (LIBERO 95, demo as its dataset)
     center_crop: bool | None = None  # None: when the model was trained with crop augmentation
     flip: bool | None = None  # None: LIBERO yes, demo no
+    env_processes: bool | None = None  # LIBERO: one process per environment (None: when num_envs > 1)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -171,13 +172,16 @@ def _libero_setup(config: Any, opts: EvalOptions):
     np.random.seed(opts.seed % 2**32)
     info = libero_env.suite_info(opts.task_suite)
     episodes = libero_env.libero_episodes(info, opts.task_ids, opts.trials_per_task)
-    env = libero_env.LiberoVecEnv(opts.num_envs, opts.task_suite, max_steps=opts.max_steps)
+    use_processes = opts.num_envs > 1 if opts.env_processes is None else opts.env_processes
+    env_cls = libero_env.ProcessLiberoVecEnv if use_processes else libero_env.LiberoVecEnv
+    env = env_cls(opts.num_envs, opts.task_suite, max_steps=opts.max_steps)
     meta = {
         "env": "libero",
         "task_suite": opts.task_suite,
         "max_steps": env.max_steps,
         "settle_steps": env.settle_steps,
         "resolution": env.resolution,
+        "env_processes": use_processes,
     }
     return env, episodes, meta, False
 
@@ -351,6 +355,9 @@ def _define_flags():
         "center_crop", "auto", ["auto", "true", "false"], "Test-time 90% centre crop (auto: if trained with crop aug)"
     )
     flags.DEFINE_enum("flip", "auto", ["auto", "true", "false"], "Vertical flip of camera images (auto: LIBERO)")
+    flags.DEFINE_enum(
+        "env_processes", "auto", ["auto", "true", "false"], "LIBERO: one process per env (auto: when num_envs > 1)"
+    )
     flags.DEFINE_string(
         "compilation_cache",
         os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "xla"),
@@ -401,6 +408,7 @@ def main(argv: list[str]) -> int:
             jpeg_quality=None if f.jpeg_quality == 0 else f.jpeg_quality,
             center_crop=_tri(f.center_crop),
             flip=_tri(f.flip),
+            env_processes=_tri(f.env_processes),
         )
         evaluate(f.config, opts)
     except (EvalInputError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:

@@ -151,3 +151,36 @@ def test_tiny_model_in_libero_through_the_command(tmp_path):
     assert report["settings"]["image_preprocessing"]["image_size"] == 32
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert len(rows[0]["values"]) == 1 and 0.0 <= rows[0]["values"][0] <= 1.0
+
+
+def test_process_envs_match_in_process_envs():
+    """Same trials, same random actions: one process per environment gives the same frames and outcomes."""
+    from cosmos_policy_jax.eval import policies, preprocess, rollout
+
+    info = libero_env.suite_info(SUITE)
+    episodes = libero_env.libero_episodes(info, [2], 2)
+    stats = {"actions_min": -0.5 * np.ones(7), "actions_max": 0.5 * np.ones(7)}
+    spec = preprocess.ImagePreprocessing(image_size=64, flip=True, jpeg_quality=95, center_crop=True)
+    runs = []
+    for cls in (libero_env.LiberoVecEnv, libero_env.ProcessLiberoVecEnv):
+        env = cls(2, SUITE, max_steps=3)
+        try:
+            results, timing = rollout.run_episodes(
+                env,
+                policies.RandomPolicy(stats, 4),
+                episodes,
+                num_open_loop_steps=2,
+                embed=lambda t: np.zeros((1, 1)),
+                image_spec=spec,
+                record=lambda s: True,
+                seed=5,
+            )
+        finally:
+            env.close()
+        runs.append(results)
+        print(cls.__name__, timing.summary(2))
+    for a, b in zip(*runs):
+        assert (a.success, a.length) == (b.success, b.length) == (False, 3)
+        for key in a.frames:
+            np.testing.assert_array_equal(a.frames[key][-1], b.frames[key][-1])
+        assert not np.array_equal(a.frames["current_image"][0], a.frames["current_image"][-1])  # the robot moved
