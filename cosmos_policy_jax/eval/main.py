@@ -314,6 +314,11 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(report, f, indent=2)
     s, t = report["summary"], report["timing"]
+    if len(s["per_task"]) > 1:
+        for name, row in s["per_task"].items():
+            log(
+                f"[eval]   task {row['task_id']} {name}: {row['successes']}/{row['episodes']} ({row['success_rate']:.3f})"
+            )
     log(
         f"[eval] success rate {s['success_rate']:.3f} ({s['successes']}/{s['episodes']}), mean length "
         f"{s['mean_length']:.1f}; policy {t['policy_s_per_call']} s/call (first {t['policy_first_call_s']} s), "
