@@ -381,7 +381,11 @@ class Block(nnx.Module):
         mods = []
         for branch in (self.adaln_modulation_self_attn, self.adaln_modulation_cross_attn, self.adaln_modulation_mlp):
             m = (branch(emb_B_T_D) + adaln_lora_B_T_3D).astype(dtype)
-            mods.append([_per_frame(c) for c in jnp.split(m, 3, axis=-1)])
+            # reshape + index instead of jnp.split: with the modulation axis sharded over `tensor`, XLA's
+            # SPMD partitioner (jax 0.12) miscompiled the uneven split on a (2,2,2) mesh with one sample
+            # per device (tests/models/test_dit.py::test_sharded_forward_matches_unsharded).
+            m = m.reshape(*m.shape[:-1], 3, -1)
+            mods.append([_per_frame(m[..., i, :]) for i in range(3)])
         (sh1, sc1, g1), (sh2, sc2, g2), (sh3, sc3, g3) = mods
         b, t, h, w, d = x_B_T_H_W_D.shape
 
@@ -422,8 +426,12 @@ class FinalLayer(nnx.Module):
 
     def __call__(self, x_B_T_H_W_D: jax.Array, emb_B_T_D: jax.Array, adaln_lora_B_T_3D: jax.Array) -> jax.Array:
         d = self.model_channels
-        m = (self.adaln_modulation(emb_B_T_D) + adaln_lora_B_T_3D[..., : 2 * d]).astype(x_B_T_H_W_D.dtype)
-        shift, scale = (_per_frame(c) for c in jnp.split(m, 2, axis=-1))
+        # Chunks via reshape + index, not slicing/jnp.split of the 3D axis: XLA's SPMD partitioner
+        # (jax 0.12) miscompiles those slices when the axis is sharded over `tensor` (see Block).
+        lora = adaln_lora_B_T_3D.reshape(*adaln_lora_B_T_3D.shape[:-1], 3, d)
+        m = self.adaln_modulation(emb_B_T_D)
+        m = (m.reshape(*m.shape[:-1], 2, d) + lora[..., :2, :]).astype(x_B_T_H_W_D.dtype)
+        shift, scale = _per_frame(m[..., 0, :]), _per_frame(m[..., 1, :])
         return self.linear(_modulate(x_B_T_H_W_D, shift, scale))
 
 

@@ -400,3 +400,33 @@ def test_init_is_jitted_into_shardings_tiny():
         assert mem.output_size_in_bytes < per_device * 1.01
         assert mem.output_size_in_bytes + mem.temp_size_in_bytes < total
     assert not np.allclose(np.asarray(state["blocks"]["mlp"]["layer1"]["kernel"][...]), 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 2, 4), (8, 1, 1)])
+def test_sharded_forward_matches_unsharded(shape):
+    # One sample per data-parallel device with fsdp-sharded weights and tensor-sharded modulation:
+    # the configuration in which XLA miscompiled a jnp.split of the AdaLN output (fixed in Block).
+    from cosmos_policy_jax.parallel.rules import batch_sharding
+
+    c = get_config("tiny")
+    c.parallel.data, c.parallel.fsdp, c.parallel.tensor = shape
+    mesh = make_mesh(c.parallel)
+    cfg = DiTConfig.from_config(c.model.net)
+    model = MinimalV1LVGDiT(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    _, abstract = abstract_model(cfg, mesh, c.parallel.logical_axis_rules)
+    b = shape[0] * shape[1]
+    rng = np.random.default_rng(0)
+    args = (
+        rng.standard_normal((b, 16, 9, 4, 4)).astype(np.float32),
+        rng.uniform(size=(b, 9)).astype(np.float32),
+        rng.standard_normal((b, 16, cfg.crossattn_emb_channels)).astype(np.float32),
+        (rng.uniform(size=(b, 1, 9, 4, 4)) > 0.5).astype(np.float32),
+        np.zeros((b, 1, 32, 32), np.float32),
+    )
+    fn = jax.jit(lambda p, *a: nnx.merge(graphdef, p, rest)(*a))
+    ref = np.asarray(fn(params, *args))
+    sharded = jax.device_put(params, jax.tree.map(lambda a: a.sharding, abstract))
+    with jax.set_mesh(mesh):
+        out = np.asarray(fn(sharded, *(jax.device_put(a, batch_sharding(mesh, a.ndim)) for a in args)))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
