@@ -240,6 +240,9 @@ class LiberoVecEnv:
 
 def _worker(conn: Any, suite_name: str, max_steps: int, settle_steps: int, resolution: int) -> None:
     """Serve one single-slot ``LiberoVecEnv`` over a pipe: ("reset", spec) / ("step", action) / ("close", None)."""
+    # One rendering thread per process: Mesa llvmpipe otherwise starts one per core in every worker and
+    # the workers fight over the cores (no effect on GPU EGL drivers). Set before any GL library loads.
+    os.environ.setdefault("LP_NUM_THREADS", "1")
     env = None
     try:
         env = LiberoVecEnv(1, suite_name, max_steps=max_steps, settle_steps=settle_steps, resolution=resolution)
