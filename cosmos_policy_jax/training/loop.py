@@ -333,16 +333,17 @@ class Trainer:
                 if iteration % log_every == 0 or iteration == max_iter:
                     logged = _average(window)
                     now = time.monotonic()
-                    elapsed = max(now - t_window, 1e-9)
-                    sps = micro * gbs / elapsed
-                    logged.update(
-                        step_time_s=elapsed / max(micro / self.k, 1e-9),
-                        samples_per_s=sps,
-                        tflops_per_device=flops["total"] * sps / n_dev / 1e12,
-                        data_wait_s=data_wait,
-                    )
-                    if peak:
-                        logged["mfu"] = logged["tflops_per_device"] / peak
+                    if micro > 0:  # the window after the compiling first step may be empty
+                        elapsed = max(now - t_window, 1e-9)
+                        sps = micro * gbs / elapsed
+                        logged.update(
+                            step_time_s=elapsed / (micro / self.k),
+                            samples_per_s=sps,
+                            tflops_per_device=flops["total"] * sps / n_dev / 1e12,
+                            data_wait_s=data_wait,
+                        )
+                        if peak:
+                            logged["mfu"] = logged["tflops_per_device"] / peak
                     for cb in self.callbacks:
                         if self.is_main or cb.all_processes:
                             cb.on_step_end(self, iteration, logged)

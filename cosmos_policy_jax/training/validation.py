@@ -41,7 +41,9 @@ def make_sampled_action_l1(config, defs) -> Any:
             padding = jnp.zeros((latent.shape[0], 1, h, w), jnp.float32)
 
         def x0_fn(x, sigma):
-            net = nnx.merge(defs.dit_graphdef, params, dit_rest)
+            # Merged inside the sampler's scan, as a copy: an NNX module built at an outer trace level
+            # cannot be used inside the scan (see policy.inference._traceable).
+            net = nnx.merge(defs.dit_graphdef, params, dit_rest, copy=True)
             return denoise(net, x, sigma[:, None], gt, mask.astype(pcfg.compute_dtype), emb, padding, pcfg)["x0_pred"]
 
         x_init = jnp.asarray(initial_noise(tuple(latent.shape), pcfg.sampler_seed, pcfg.sampler_sigma_max))
