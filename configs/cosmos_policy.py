@@ -207,9 +207,10 @@ def _dataset(kind: str) -> config_dict.ConfigDict:
             text_len=512,
             text_dim=1024,
             # demo dataset generator (kind=demo): episodes generated on first use.
-            demo_num_episodes=48,
-            demo_num_rollouts=24,
+            demo_num_episodes=400,
+            demo_num_rollouts=200,
             demo_seed=0,
+            demo_object_layout="random",  # random | fixed (see data/demo_sim.py)
         )
     )
 
@@ -443,31 +444,35 @@ def _demo() -> config_dict.ConfigDict:
     for dl in (c.dataloader_train, c.dataloader_val):
         ds = dl.dataset
         ds.kind = "demo"
-        ds.data_dir = "${COSMOS_POLICY_DATA_ROOT}/demo_reach/success_only"
-        ds.rollout_data_dir = "${COSMOS_POLICY_DATA_ROOT}/demo_reach/all_episodes"
-        ds.t5_text_embeddings_path = "${COSMOS_POLICY_DATA_ROOT}/demo_reach/success_only/t5_embeddings.pkl"
+        ds.data_dir = "${COSMOS_POLICY_DATA_ROOT}/demo_reach_fixed/success_only"
+        ds.rollout_data_dir = "${COSMOS_POLICY_DATA_ROOT}/demo_reach_fixed/all_episodes"
+        ds.t5_text_embeddings_path = "${COSMOS_POLICY_DATA_ROOT}/demo_reach_fixed/success_only/t5_embeddings.pkl"
+        # Colour-specific home positions: a random frozen tiny VAE does not preserve where a target is
+        # in a 32 px image, so the demo keeps the task solvable from instruction + proprio.
+        ds.demo_object_layout = "fixed"
         ds.chunk_size = 8
-        ds.action_dim = 7
-        ds.proprio_dim = 9
+        ds.action_dim = 2
+        ds.proprio_dim = 2
         ds.final_image_size = 32
         ds.use_image_aug = False
         ds.gamma = 0.99
         dl.batch_size = 8
         dl.num_workers = 0
     c.dataloader_val.batch_size = 8
-    c.trainer.max_iter = 600
-    c.trainer.logging_iter = 20
+    c.trainer.max_iter = 1500
+    c.trainer.logging_iter = 25
     c.trainer.run_validation = True
-    c.trainer.validation_iter = 200
+    c.trainer.validation_iter = 500
     c.trainer.max_val_iter = 2
-    c.optimizer.lr = 3e-4
+    # Measured on a 2-core CPU: lr 1e-3 reaches action L1 ~0.14 in 1500 steps (3e-4 plateaus near 0.5).
+    c.optimizer.lr = 1e-3
     c.optimizer.weight_decay = 0.0
     c.scheduler.warm_up_steps = (50, 0)
-    c.scheduler.cycle_lengths = (600, 100_000_000_000_000)
+    c.scheduler.cycle_lengths = (1500, 100_000_000_000_000)
     c.scheduler.f_min = (0.3, 0.3)
     c.scheduler.f_start = (1e-3, 0.3)
     c.scheduler.f_max = (1.0, 0.3)
-    c.checkpoint.save_iter = 200
+    c.checkpoint.save_iter = 500
     c.model.sampler.num_open_loop_steps = 8
     c.parallel.fsdp = 1
     c.parallel.data = -1

@@ -309,12 +309,14 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
             raise DataError(f"dataset.{key}: required to generate the demo dataset")
         params[name] = int(value)
     params["jpeg"] = bool(jpeg)
+    layout = str(_get(dataset_cfg, "demo_object_layout", None) or "random")
+    sim_config = demo_sim.DemoReachConfig(image_size=params["image_size"], object_layout=layout)
     if not os.path.exists(root):
         parent = os.path.dirname(root)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
         try:
-            generate_demo_dataset(tmp, **params)
+            generate_demo_dataset(tmp, **params, sim_config=sim_config)
             _prepare_statistics(tmp, dataset_cfg)
             try:
                 os.rename(tmp, root)
@@ -325,7 +327,7 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
-    _check_manifest(root, params)
+    _check_manifest(root, {**params, "object_layout": layout})
     return root
 
 
@@ -367,7 +369,8 @@ def _check_manifest(root: str, params: Mapping[str, Any]) -> None:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: unreadable demo manifest ({e}); delete {root} to regenerate") from e
-    have = manifest.get("params", {})
+    have = dict(manifest.get("params", {}))
+    have["object_layout"] = have.get("sim", {}).get("object_layout", "random")
     for key, want in params.items():
         if have.get(key) != want:
             raise DataError(

@@ -41,6 +41,15 @@ TABLE_COLOR = (128, 128, 128)
 FLOOR_COLOR = (32, 32, 32)
 
 
+# Home positions of the colours for object_layout="fixed" (the four quadrants of the table).
+HOMES: dict[str, tuple[float, float]] = {
+    "red": (-0.55, 0.55),
+    "green": (0.55, 0.55),
+    "blue": (-0.55, -0.55),
+    "yellow": (0.55, -0.55),
+}
+
+
 def instruction_for(color: str) -> str:
     """The instruction of the task whose target has ``color``."""
     if color not in COLORS:
@@ -72,8 +81,14 @@ class DemoReachConfig:
     supersample: int = 3  # anti-aliasing factor of the renderer
     action_dim: int = 2
     proprio_dim: int = 2
+    # "random": objects anywhere (the target must be found in the image); "fixed": every colour has a
+    # home position (HOMES) plus up to `position_jitter` of noise, so instruction + proprio suffice.
+    object_layout: str = "random"
+    position_jitter: float = 0.08
 
     def __post_init__(self):
+        if self.object_layout not in ("random", "fixed"):
+            raise ValueError(f"object_layout must be 'random' or 'fixed', got {self.object_layout!r}")
         if not 2 <= self.num_objects <= len(COLORS):
             raise ValueError(f"num_objects must be in [2, {len(COLORS)}], got {self.num_objects}")
         if self.image_size < 8:
@@ -108,13 +123,18 @@ def sample_state(rng: np.random.Generator, config: DemoReachConfig, color: str |
     picks = rng.permutation(len(others))[: config.num_objects - 1]
     colors = (color, *[others[i] for i in picks])
     e = config.place_extent
-    for _ in range(10_000):
-        pos = rng.uniform(-e, e, size=(config.num_objects, 2))
-        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(config.num_objects) * 10
-        if d.min() >= config.min_object_separation:
-            break
-    else:  # pragma: no cover - the defaults leave plenty of room
-        raise RuntimeError("could not place the demo objects; reduce min_object_separation")
+    if config.object_layout == "fixed":
+        homes = np.asarray([HOMES[c] for c in colors], np.float64)
+        j = config.position_jitter
+        pos = homes + rng.uniform(-j, j, size=homes.shape)
+    else:
+        for _ in range(10_000):
+            pos = rng.uniform(-e, e, size=(config.num_objects, 2))
+            d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(config.num_objects) * 10
+            if d.min() >= config.min_object_separation:
+                break
+        else:  # pragma: no cover - the defaults leave plenty of room
+            raise RuntimeError("could not place the demo objects; reduce min_object_separation")
     for _ in range(10_000):
         agent = rng.uniform(-0.95, 0.95, size=2)
         if np.linalg.norm(agent - pos[0]) >= config.min_start_distance:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from absl import logging
 from jax.sharding import Mesh
 
 from cosmos_policy_jax.config_lib import ConfigError
@@ -46,10 +47,7 @@ class DataFeed:
         )
         _check_layout(self.iterator.source, config)
         if state:
-            try:
-                self.iterator.set_state(json.loads(state))
-            except ValueError as e:
-                raise ConfigError([f"{section}: cannot resume the data order from the checkpoint: {e}"]) from e
+            self._restore(json.loads(state), section)
         self.prefetcher = DevicePrefetcher(
             self.iterator,
             mesh,
@@ -57,6 +55,17 @@ class DataFeed:
             buffer_size=int(loader_cfg.prefetch_buffer_size),
             name=section,
         )
+
+    def _restore(self, saved: dict, section: str) -> None:
+        try:
+            self.iterator.set_state(saved)
+        except ValueError as e:
+            # Another data-parallel size or batch (e.g. restored onto a new mesh): the per-device order of
+            # the saved run cannot continue, so start the saved epoch over with the new layout.
+            epoch = int(saved.get("epoch", 0))
+            restart = {**self.iterator.get_state(), "next_batch": epoch * self.iterator.plan.batches_per_epoch}
+            self.iterator.set_state(restart)
+            logging.warning("%s: %s; restarting epoch %d with the new layout", section, e, epoch)
 
     def next(self):
         batch = next(self.prefetcher)
