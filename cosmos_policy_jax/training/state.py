@@ -14,6 +14,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -171,8 +172,10 @@ def create_vae_params(config, defs: ModelDefs, mesh: Mesh) -> Any:
     if path:
         from cosmos_policy_jax.convert.vae import import_vae
 
-        params = import_vae(path, defs.vae_abstract_params)
-        params = params[0] if isinstance(params, tuple) else params
+        nested, report = import_vae(path, defs.vae_abstract_params, cfg=defs.vae_cfg)
+        logging.info("loaded VAE weights from %s: %s", path, report.summary())
+        params = jax.tree.map(lambda a: a, defs.vae_abstract_params)
+        nnx.replace_by_pure_dict(params, nested)
         return jax.device_put(params, shardings)
 
     def make():
