@@ -84,7 +84,13 @@ class Checkpointer:
         return saved
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until async saves are on disk; a failed background save raises ``CheckpointError``."""
+        try:
+            self.manager.wait_until_finished()
+        except OSError as e:
+            raise CheckpointError(
+                f"checkpoint save to {self.directory} failed ({e.strerror or e}); earlier checkpoints are intact"
+            ) from e
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -224,8 +224,6 @@ class Trainer:
 
     def run(self) -> int:
         config, mesh = self.config, self.mesh
-        if self.is_main:
-            _write_job_files(config, self.launch_info)
         _seed_host_rngs(int(config.trainer.seed))
         defs = model_defs(config, mesh)
         tx, schedule = make_optimizer(config)
@@ -246,6 +244,10 @@ class Trainer:
         step_fn = make_train_step(config, defs, tx, schedule)
         state_sh = train_state_shardings(config, defs, tx, mesh)
         first_batch, first_data_state = feed.next()
+        # Inputs (weights, checkpoint, data) are all readable: only now touch the job directory's files,
+        # so a run that fails on bad input leaves an existing job directory as it was.
+        if self.is_main:
+            _write_job_files(config, self.launch_info)
         jitted = jit_train_step(
             step_fn,
             state_sh,
@@ -379,7 +381,12 @@ class Trainer:
         return exit_code
 
     def _save(self, ck: ckpt_lib.Checkpointer, iteration: int, state: TrainState, data_state: bytes) -> None:
-        ck.save(iteration, state, data_state, config_lib.to_plain_dict(self.config))
+        try:
+            ck.save(iteration, state, data_state, config_lib.to_plain_dict(self.config))
+        except OSError as e:
+            raise ckpt_lib.CheckpointError(
+                f"checkpoint {iteration}: save to {ck.directory} failed ({e.strerror or e}); earlier checkpoints are intact"
+            ) from e
         for cb in self.callbacks:
             if self.is_main or cb.all_processes:
                 cb.on_checkpoint_saved(self, iteration, ck.step_dir(iteration))
