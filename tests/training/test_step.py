@@ -78,7 +78,10 @@ def test_compiled_step_shardings_split_heads_mlp_and_state(shared_batches):
 
 def test_grad_accumulation_matches_large_batch(shared_batches):
     # k=4 micro-batches of 4 == one step on the 16 samples (same noise per sample), on a sharded mesh.
-    big = {k: np.concatenate([np.asarray(shared_batches[0][k]), np.asarray(shared_batches[1][k])]) for k in shared_batches[0]}
+    big = {
+        k: np.concatenate([np.asarray(shared_batches[0][k]), np.asarray(shared_batches[1][k])])
+        for k in shared_batches[0]
+    }
     big = _with_noise(big)
     lat = 32 // 8
     big["_epsilon"] = np.random.default_rng(1).standard_normal((16, 16, 9, lat, lat)).astype(np.float32)
@@ -99,7 +102,9 @@ def test_grad_accumulation_matches_large_batch(shared_batches):
     # Adam's first step is ~lr*sign(g), so compare the moments (they hold the averaged, clipped gradient).
     mom1 = jax.device_get(r1.state.opt_state.inner_opt_state[1][0])
     mom4 = jax.device_get(r4.state.opt_state.inner_opt_state[1][0])
-    for a, b in zip(jax.tree.leaves(mom1.mu) + jax.tree.leaves(mom1.nu), jax.tree.leaves(mom4.mu) + jax.tree.leaves(mom4.nu)):
+    for a, b in zip(
+        jax.tree.leaves(mom1.mu) + jax.tree.leaves(mom1.nu), jax.tree.leaves(mom4.mu) + jax.tree.leaves(mom4.nu)
+    ):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * np.abs(a).max())
     p1, p4 = flat_params(r1.state), flat_params(r4.state)
