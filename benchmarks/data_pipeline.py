@@ -104,6 +104,10 @@ def main() -> None:
             f"video {tuple(batch['video'].shape)}, warm-up {startup:.1f} s)"
         )
     if args.json:
+        # Imported here: `common` imports jax, which grain worker processes (re-importing this module) should not.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import common
+
         print(
             json.dumps(
                 {
@@ -113,8 +117,9 @@ def main() -> None:
                     "augmentation": not args.no_aug,
                     "jpeg": args.jpeg,
                     "batch_size": args.batch_size,
-                    "cpu_count": os.cpu_count(),
+                    "batches": args.batches,
                     "results": results,
+                    **common.run_info(),
                 }
             )
         )

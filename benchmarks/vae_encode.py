@@ -14,8 +14,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,8 +117,11 @@ def main(argv=None) -> dict:
         "encode_s_max": round(max(times), 4),
         "flops": flops,
         "gflops_per_s": round(flops / med / 1e9, 1),
+        "xla_flops": common.xla_flops(compiled),
         "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "peak_device_memory_bytes": common.device_peak_memory(),
+        "repeats": args.repeats,
+        **common.run_info(),
     }
     if args.json:
         print(json.dumps(result))
@@ -122,7 +129,7 @@ def main(argv=None) -> dict:
         print(
             f"VAE encode {tuple(shape)} {args.dtype} dim={args.dim} conv={result['conv_impl']} on {result['backend']}: "
             f"compile {compile_s:.1f}s, encode median {med:.3f}s (min {min(times):.3f}, max {max(times):.3f}) "
-            f"over {args.repeats}, {flops / 1e12:.2f} TFLOP, {result['gflops_per_s']} GFLOP/s"
+            f"over {args.repeats}, {flops / 1e12:.2f} TFLOP, {result['gflops_per_s']} GFLOP/s, load {result['load_avg']}"
         )
     return result
 
