@@ -122,6 +122,8 @@ def _demo_cfg(root, **over):
         c.t5_text_embeddings_path = os.path.join(root, "success_only", "t5_embeddings.pkl")
         c.demo_num_episodes, c.demo_num_rollouts = 8, 8
         c.final_image_size, c.text_len, c.text_dim = 16, 8, 16
+        # LIBERO-sized vectors, to exercise the padding of the 2-D actions/proprio.
+        c.action_dim, c.proprio_dim = 7, 9
         for k, v in over.items():
             c[k] = v
     return c

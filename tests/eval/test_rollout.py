@@ -152,7 +152,10 @@ def test_demo_episode_seeds_are_deterministic_and_not_the_generators():
     assert {e.seed for e in demo_env.demo_episodes(6, seed=2)}.isdisjoint({e.seed for e in a})
 
 
-def _stats_file(tmp_path, action_dim=7, proprio_dim=9, speed=0.06):
+def _stats_file(tmp_path, action_dim=None, proprio_dim=None, speed=0.06):
+    ds = get_config("demo").dataloader_train.dataset
+    action_dim = ds.action_dim if action_dim is None else action_dim
+    proprio_dim = ds.proprio_dim if proprio_dim is None else proprio_dim
     stats = {
         "actions_min": np.full(action_dim, -speed),
         "actions_max": np.full(action_dim, speed),
