@@ -23,64 +23,10 @@ import math
 
 from ml_collections import config_dict
 
+from cosmos_policy_jax.layouts import full_layout
+
 BASES = ("libero", "robocasa", "aloha", "demo", "tiny", "bench")
 MODIFIERS = ("tiny", "fp32", "synthetic")
-
-# Latent slots. Every layout names the latent frame index of each slot; -1 means unused.
-SLOTS = (
-    "current_proprio",
-    "current_wrist_image",
-    "current_wrist_image2",
-    "current_image",
-    "current_image2",
-    "action",
-    "future_proprio",
-    "future_wrist_image",
-    "future_wrist_image2",
-    "future_image",
-    "future_image2",
-    "value",
-)
-
-LAYOUTS = {
-    # REFERENCE.md 4.1: blank, proprio, wrist, primary, action, f-proprio, f-wrist, f-primary, value.
-    "libero": dict(
-        current_proprio=1,
-        current_wrist_image=2,
-        current_image=3,
-        action=4,
-        future_proprio=5,
-        future_wrist_image=6,
-        future_image=7,
-        value=8,
-    ),
-    # REFERENCE.md 10: a second third-person camera.
-    "robocasa": dict(
-        current_proprio=1,
-        current_wrist_image=2,
-        current_image=3,
-        current_image2=4,
-        action=5,
-        future_proprio=6,
-        future_wrist_image=7,
-        future_image=8,
-        future_image2=9,
-        value=10,
-    ),
-    # REFERENCE.md 10: left and right wrist cameras, one primary camera.
-    "aloha": dict(
-        current_proprio=1,
-        current_wrist_image=2,
-        current_wrist_image2=3,
-        current_image=4,
-        action=5,
-        future_proprio=6,
-        future_wrist_image=7,
-        future_wrist_image2=8,
-        future_image=9,
-        value=10,
-    ),
-}
 
 # Megatron layout on `tensor` (column-parallel q/k/v/mlp-in, row-parallel out/mlp-out), parameters and
 # optimizer state on `fsdp`, batch on (data, fsdp). Logical names are defined in
@@ -172,9 +118,7 @@ def _tokenizer_wan21() -> config_dict.ConfigDict:
 
 
 def _layout(name: str) -> config_dict.ConfigDict:
-    values = {slot: -1 for slot in SLOTS}
-    values.update(LAYOUTS[name])
-    return config_dict.ConfigDict(values)
+    return config_dict.ConfigDict(full_layout(name))
 
 
 def _dataset(kind: str) -> config_dict.ConfigDict:

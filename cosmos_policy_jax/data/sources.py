@@ -49,26 +49,12 @@ from cosmos_policy_jax.data.epoch import EpochStructure, StepIndex, calculate_ep
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.returns import monte_carlo_returns
 from cosmos_policy_jax.data.t5 import load_t5_embeddings
+from cosmos_policy_jax.layouts import SLOTS
 
 _log = logging.getLogger(__name__)
 
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".he5")
 SAMPLE_TYPES = ("demo", "world_model", "value_function")
-# Latent slots, in the order of configs/cosmos_policy.py SLOTS; -1 marks an unused slot.
-SLOTS = (
-    "current_proprio",
-    "current_wrist_image",
-    "current_wrist_image2",
-    "current_image",
-    "current_image2",
-    "action",
-    "future_proprio",
-    "future_wrist_image",
-    "future_wrist_image2",
-    "future_image",
-    "future_image2",
-    "value",
-)
 # Camera role -> slot name suffix.
 _CAMERA_SLOT = {"wrist": "wrist_image", "wrist2": "wrist_image2", "primary": "image", "primary2": "image2"}
 _FPS = 16

@@ -17,32 +17,9 @@ from typing import Any
 import numpy as np
 
 from cosmos_policy_jax.data import text_stub
+from cosmos_policy_jax.layouts import LAYOUTS, SLOTS
 
-# Latent slots (configs/cosmos_policy.py SLOTS) and the LIBERO layout used when none is given.
-SLOTS = (
-    "current_proprio",
-    "current_wrist_image",
-    "current_wrist_image2",
-    "current_image",
-    "current_image2",
-    "action",
-    "future_proprio",
-    "future_wrist_image",
-    "future_wrist_image2",
-    "future_image",
-    "future_image2",
-    "value",
-)
-LIBERO_LAYOUT = {
-    "current_proprio": 1,
-    "current_wrist_image": 2,
-    "current_image": 3,
-    "action": 4,
-    "future_proprio": 5,
-    "future_wrist_image": 6,
-    "future_image": 7,
-    "value": 8,
-}
+LIBERO_LAYOUT = LAYOUTS["libero"]
 IMAGE_SLOTS = tuple(s for s in SLOTS if "image" in s)
 INSTRUCTIONS = (
     "pick up the red block and place it in the basket",

@@ -14,21 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-# Same order as configs/cosmos_policy.py SLOTS (kept here so model code does not import configs).
-SLOTS = (
-    "current_proprio",
-    "current_wrist_image",
-    "current_wrist_image2",
-    "current_image",
-    "current_image2",
-    "action",
-    "future_proprio",
-    "future_wrist_image",
-    "future_wrist_image2",
-    "future_image",
-    "future_image2",
-    "value",
-)
+from cosmos_policy_jax.layouts import SLOTS
+
 CURRENT_IMAGE_SLOTS = ("current_wrist_image", "current_wrist_image2", "current_image", "current_image2")
 FUTURE_IMAGE_SLOTS = ("future_wrist_image", "future_wrist_image2", "future_image", "future_image2")
 IMAGE_SLOTS = CURRENT_IMAGE_SLOTS + FUTURE_IMAGE_SLOTS

@@ -3,14 +3,9 @@
 import numpy as np
 import pytest
 
-from configs.cosmos_policy import SLOTS as CONFIG_SLOTS
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax.policy import layout as layout_lib
 from cosmos_policy_jax.policy.layout import LatentLayout
-
-
-def test_slot_names_match_config():
-    assert layout_lib.SLOTS == CONFIG_SLOTS
 
 
 @pytest.mark.parametrize("name,state_t,ncond", [("libero", 9, 4), ("robocasa", 11, 5), ("aloha", 11, 5)])
