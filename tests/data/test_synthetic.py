@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from configs.cosmos_policy import LAYOUTS, get_config
+from configs.cosmos_policy import get_config
 from cosmos_policy_jax.data import pipeline, text_stub
 from cosmos_policy_jax.data.synthetic import SyntheticSource
+from cosmos_policy_jax.layouts import LAYOUTS
 
 
 @pytest.mark.parametrize("name,state_t", [("libero", 9), ("robocasa", 11), ("aloha", 11)])
