@@ -28,12 +28,21 @@ _LOCAL_DEVICES = flags.DEFINE_list("local_device_ids", None, "Local device ids t
 # Exit codes (documented in the README).
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_STALLED = 3  # no batch within dataloader_*.timeout (a stuck worker or file system)
 EXIT_PREEMPTED = 143  # overridden by trainer.exit_code_on_preemption
 
 
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def _fail_now(code: int, msg: str) -> None:
+    """Report and leave at once: the stuck loader thread that failed the run would block a normal exit."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _enable_compilation_cache(jax) -> None:
@@ -104,6 +113,7 @@ def main(argv: list[str]) -> int:
         config.job.path_local = distributed.broadcast_string(config.job.path_local)
     frozen = config_dict.FrozenConfigDict(config)
 
+    from cosmos_policy_jax.data.global_batch import DataLoaderTimeout
     from cosmos_policy_jax.training import loop
 
     try:
@@ -112,6 +122,9 @@ def main(argv: list[str]) -> int:
             mesh,
             launch_info={"argv": sys.argv, "overrides": overrides, "config_file": config_file},
         )
+    except DataLoaderTimeout as e:
+        logging.error("%s", e)
+        _fail_now(EXIT_STALLED, f"{type(e).__name__}: {e}")
     except loop.BAD_INPUT_ERRORS as e:
         logging.error("%s", e)
         _fail(f"{type(e).__name__}: {e}")

@@ -1,11 +1,18 @@
 """orbax checkpoints of the train state, the data-iterator state and the config.
 
-Layout: ``{job.path_local}/checkpoints/<iteration>/{state,data_iter,config}``. Saves are async;
-orbax writes each step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves no step directory (only a temporary one, which is ignored). A finalised
-checkpoint that fails to restore (corrupted or missing file) is moved aside to
-``<iteration>.corrupt-<time>`` with a warning and the previous one is tried: a bad checkpoint is
-never deleted and never causes a good one to be deleted.
+Layout: ``{job.path_local}/checkpoints/<iteration>/{state,data_iter,config,fingerprint}``. Saves
+are async; orbax writes each step into a temporary directory and renames it when complete, so a
+process killed mid-save leaves no step directory, only a temporary one, which is reported with a
+warning and removed. A finalised checkpoint that fails to restore (corrupted or missing file) is
+moved aside to ``<iteration>.corrupt-<time>`` with a warning and the previous one is tried: a bad
+checkpoint is never deleted and never causes a good one to be deleted.
+
+orbax/tensorstore do not checksum array data (a damaged compressed chunk can decode to garbage
+without an error), so each save also writes ``fingerprint``: a position-weighted uint32 sum of
+every state array's bits, computed on device (sharding-independent, exact). A restore recomputes
+it and treats any difference as corruption. A checkpoint whose arrays have other shapes than the
+model (another model size) is not corruption: it raises ``CheckpointMismatchError`` naming the
+arrays and moves nothing.
 """
 
 from __future__ import annotations
@@ -13,21 +20,92 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from grain import checkpoint as grain_checkpoint
+from jax.experimental import multihost_utils
 
 STATE = "state"
 DATA = "data_iter"
 CONFIG = "config"
+FINGERPRINT = "fingerprint"
+# orbax's name for a step directory still being written (``<step>.orbax-checkpoint-tmp[-<n>]``).
+_TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was required."""
+    """No usable checkpoint where one was required, or a checkpoint could not be written."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose arrays do not fit the model (another size or structure)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose restored contents differ from what was saved."""
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The bits of ``x`` as uint32 (one word per element; 8-byte types give a trailing axis of 2)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, bits).astype(jnp.uint32)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    # sum_i word_i * (2 i + 1) mod 2^32: odd weights make any single changed word visible, the weights
+    # make moved words visible, and modular sums are exact in any reduction order (any sharding).
+    w = _words(x)
+    weight = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        weight = weight + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= w.shape[axis]
+    return jnp.sum(w * (2 * weight + 1), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(leaves: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: _leaf_fingerprint(v) for k, v in leaves.items()}
+
+
+def _flat_arrays(tree: Any) -> dict[str, Any]:
+    """``{"params.blocks...kernel.value": leaf}`` with orbax's own key paths (array leaves only)."""
+    flat = ocp.tree.to_flat_dict(tree)
+    return {".".join(str(p) for p in k): v for k, v in flat.items() if hasattr(v, "shape") and hasattr(v, "dtype")}
+
+
+def state_fingerprint(state: Any) -> dict[str, int]:
+    """Per-array uint32 fingerprints of a (sharded, possibly multi-process) pytree; collective."""
+    out = _fingerprints(_flat_arrays(state))
+    return {k: int(np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v)) for k, v in out.items()}
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """Whether every process succeeded (a failure on one process must stop all of them alike)."""
+    if jax.process_count() == 1:
+        return ok
+    flags = multihost_utils.process_allgather(np.asarray(ok, np.int32))
+    return bool(np.asarray(flags).all())
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
+    return text.splitlines()[0][:300] if text.splitlines() else text
 
 
 @dataclasses.dataclass
@@ -51,6 +129,10 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep_last: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
+        self._in_flight: int | None = None  # the step whose async save has not been confirmed yet
+        if not read_only:
+            self._report_incomplete()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             enable_async_checkpointing=async_save,
@@ -65,21 +147,39 @@ class Checkpointer:
                 STATE: ocp.StandardCheckpointHandler(),
                 DATA: grain_checkpoint.CheckpointHandler(),
                 CONFIG: ocp.JsonCheckpointHandler(),
+                FINGERPRINT: ocp.JsonCheckpointHandler(),
             },
         )
+
+    def _report_incomplete(self) -> None:
+        """Warn about step directories a killed save left behind (orbax removes them on start-up)."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return
+        for name in sorted(os.listdir(self.directory)):
+            if _TMP_STEP.match(name):
+                msg = (
+                    f"checkpoint {os.path.join(self.directory, name)} is incomplete (a save was interrupted); "
+                    "ignoring it and resuming from the newest complete checkpoint"
+                )
+                logging.warning("%s", msg)
+                print(f"warning: {msg}", flush=True)
 
     # -- save ----------------------------------------------------------------------------------
 
     def save(self, iteration: int, state: Any, data_state: bytes, config_dict: dict, *, force: bool = True) -> bool:
+        # orbax would re-raise a failed previous async save from inside this save; name its step instead.
+        self.wait()
         args = ocp.args.Composite(
             **{
                 STATE: ocp.args.StandardSave(state),
                 DATA: grain_checkpoint.CheckpointSave(DataIterState(data_state)),
                 CONFIG: ocp.args.JsonSave(config_dict),
+                FINGERPRINT: ocp.args.JsonSave(state_fingerprint(state)),
             }
         )
         saved = self.manager.save(iteration, args=args, force=force)
         if saved:
+            self._in_flight = iteration
             logging.info("checkpoint %d: save started (%s)", iteration, self.step_dir(iteration))
         return saved
 
@@ -87,10 +187,13 @@ class Checkpointer:
         """Block until async saves are on disk; a failed background save raises ``CheckpointError``."""
         try:
             self.manager.wait_until_finished()
-        except OSError as e:
+        except Exception as e:  # any background failure (OSError, tensorstore errors) means not saved
+            step, self._in_flight = self._in_flight, None
+            where = self.step_dir(step) if step is not None else self.directory
             raise CheckpointError(
-                f"checkpoint save to {self.directory} failed ({e.strerror or e}); earlier checkpoints are intact"
+                f"checkpoint {step}: save to {where} failed ({_first_line(e)}); earlier checkpoints are intact"
             ) from e
+        self._in_flight = None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -104,7 +207,47 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def check_compatible(self, iteration: int, abstract_state: Any) -> None:
+        """Raise ``CheckpointMismatchError`` naming the arrays whose key, shape or dtype differ from the model.
+
+        Unreadable metadata raises whatever orbax raises (that is corruption, not a mismatch).
+        """
+        saved = _flat_arrays(self.manager.item_metadata(iteration)[STATE])
+        want = _flat_arrays(abstract_state)
+        missing = sorted(set(want) - set(saved))
+        extra = sorted(set(saved) - set(want))
+        differ = [
+            f"{k} {tuple(saved[k].shape)} {np.dtype(saved[k].dtype).name} vs model {tuple(want[k].shape)} "
+            f"{np.dtype(want[k].dtype).name}"
+            for k in sorted(set(want) & set(saved))
+            if tuple(saved[k].shape) != tuple(want[k].shape) or np.dtype(saved[k].dtype) != np.dtype(want[k].dtype)
+        ]
+        if missing or extra or differ:
+            parts = [
+                f"{len(names)} {what}: {_listing(names)}"
+                for what, names in (("array(s) differ", differ), ("missing", missing), ("unexpected", extra))
+                if names
+            ]
+            raise CheckpointMismatchError(
+                f"checkpoint {self.step_dir(iteration)} was written for another model ({'; '.join(parts)})"
+            )
+
+    def verify(self, iteration: int, state: Any) -> None:
+        """Raise ``CorruptCheckpointError`` if ``state`` differs from the fingerprint saved with it."""
+        if not os.path.isdir(os.path.join(self.step_dir(iteration), FINGERPRINT)):
+            logging.warning("checkpoint %s has no fingerprint (older format); not verified", self.step_dir(iteration))
+            return
+        saved = self.manager.restore(iteration, args=ocp.args.Composite(**{FINGERPRINT: ocp.args.JsonRestore()}))
+        saved = saved[FINGERPRINT]
+        got = state_fingerprint(state)
+        bad = sorted(k for k in got if saved.get(k) != got[k])
+        if bad:
+            raise CorruptCheckpointError(
+                f"{len(bad)} array(s) differ from the fingerprint written at save time: {_listing(bad)}"
+            )
+
     def restore(self, iteration: int, abstract_state: Any) -> tuple[Any, bytes]:
+        self.check_compatible(iteration, abstract_state)
         holder = DataIterState()
         restored = self.manager.restore(
             iteration,
@@ -112,6 +255,8 @@ class Checkpointer:
                 **{STATE: ocp.args.StandardRestore(abstract_state), DATA: grain_checkpoint.CheckpointRestore(holder)}
             ),
         )
+        self.verify(iteration, restored[STATE])
+        json.loads(holder.state)  # the data-iterator state must at least parse (a damaged file raises here)
         return restored[STATE], holder.state
 
     def restore_params(self, iteration: int, abstract_params: Any, *, ema: bool = False) -> Any:
@@ -129,25 +274,46 @@ class Checkpointer:
         return self.manager.restore(iteration, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, bytes] | None:
-        """Restore the newest good checkpoint, moving corrupt ones aside; None if there is none."""
+        """Restore the newest good checkpoint, moving corrupt ones aside; None if there is none.
+
+        A checkpoint of another model raises ``CheckpointMismatchError`` (a wrong job directory or
+        config, not a damaged file): nothing is moved and no older checkpoint is tried.
+        """
         for iteration in reversed(self.steps()):
+            error: Exception | None = None
+            got = None
             try:
-                state, data = self.restore(iteration, abstract_state)
-            except Exception as e:  # any failure to read a finalised checkpoint marks it bad
-                self._quarantine(iteration, e)
+                self.check_compatible(iteration, abstract_state)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # unreadable metadata: a damaged checkpoint
+                error = e
+            if error is None:
+                try:
+                    got = self.restore(iteration, abstract_state)
+                except Exception as e:  # any failure to read a finalised checkpoint marks it bad
+                    error = e
+            if not _all_processes_ok(error is None):
+                self._quarantine(iteration, error or RuntimeError("unreadable on another process"))
                 continue
-            return iteration, state, data
+            return iteration, *got
         return None
 
     def _quarantine(self, iteration: int, error: Exception) -> None:
         src = self.step_dir(iteration)
-        dst = f"{src}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-        msg = f"checkpoint {src} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        if jax.process_index() == 0 and os.path.isdir(src):
-            os.replace(src, dst)
+        msg = f"checkpoint {src} is unreadable ({type(error).__name__}: {_first_line(error)[:200]})"
+        if self.read_only:  # another run's directory: skip the checkpoint but leave it where it is
+            msg += "; skipping it, falling back to the previous checkpoint"
+        else:
+            dst = f"{src}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            if jax.process_index() == 0 and os.path.isdir(src):
+                os.replace(src, dst)
             msg += f"; moved aside to {dst}, falling back to the previous checkpoint"
+            if jax.process_count() > 1:  # every process must see the move before listing steps again
+                multihost_utils.sync_global_devices(f"checkpoint_quarantine_{iteration}")
         logging.warning("%s", msg)
-        print(f"warning: {msg}", flush=True)
+        if jax.process_index() == 0:
+            print(f"warning: {msg}", flush=True)
         self.manager.reload()
 
 

@@ -10,6 +10,7 @@ non-finite are made up for there, so checkpoints always sit on window boundaries
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -156,6 +157,7 @@ class Trainer:
         self.callbacks: list[Callback] = build_callbacks(config)
         self.preemption = Preemption()
         self.k = int(config.trainer.grad_accum_iter)
+        self._ck: ckpt_lib.Checkpointer | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -223,6 +225,18 @@ class Trainer:
     # -- main ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            # A failed run (stuck loader, save error, lost peer) must stay killable by the scheduler's
+            # SIGTERM, and an async save already under way should be committed, not left half-written.
+            self.preemption.uninstall()
+            if self._ck is not None and jax.process_count() == 1:  # multi-process: a peer may be gone
+                with contextlib.suppress(Exception):
+                    self._ck.wait()
+            raise
+
+    def _run(self) -> int:
         config, mesh = self.config, self.mesh
         _seed_host_rngs(int(config.trainer.seed))
         defs = model_defs(config, mesh)
@@ -232,6 +246,7 @@ class Trainer:
             keep_last=int(config.checkpoint.keep_last),
             async_save=bool(config.checkpoint.async_save),
         )
+        self._ck = ck
         start_iter, state, data_state = self._restore(defs, tx, ck)
         vae_params = create_vae_params(config, defs, mesh)
         dit_rest = create_dit_rest(defs, mesh, config)
@@ -308,9 +323,12 @@ class Trainer:
                     jax.block_until_ready(metrics)
                     t_window, micro, data_wait = time.monotonic(), 0, 0.0
                 iteration += 1
-                preempt = (
-                    self.preemption.any_process() if iteration % log_every == 0 or self.preemption.requested else False
-                )
+                if jax.process_count() > 1:
+                    # Agreeing is a collective: every process must call it at the same iterations, so only
+                    # at logging points (a signal reaches the processes at different steps).
+                    preempt = self.preemption.any_process() if iteration % log_every == 0 else False
+                else:
+                    preempt = self.preemption.requested
                 sync = (
                     iteration % log_every == 0
                     or iteration % save_every == 0
