@@ -13,6 +13,15 @@ from absl import logging
 # set and no explicit coordinator is given, jax's own cluster auto-detection is used.
 _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JOBSET_NAME", "TPU_WORKER_HOSTNAMES")
 
+# Timeouts (seconds) of jax.distributed, overridable from the environment. A process whose peer died
+# (no heartbeat for HEARTBEAT seconds) is stopped by the coordination service instead of waiting forever
+# in a collective; SHUTDOWN bounds the exit barrier; INIT bounds the wait for all processes to start.
+TIMEOUT_ENV = {
+    "initialization_timeout": "COSMOS_POLICY_INIT_TIMEOUT_S",
+    "heartbeat_timeout_seconds": "COSMOS_POLICY_HEARTBEAT_TIMEOUT_S",
+    "shutdown_timeout_seconds": "COSMOS_POLICY_SHUTDOWN_TIMEOUT_S",
+}
+
 
 @dataclass(frozen=True)
 class DistributedArgs:
@@ -22,10 +31,25 @@ class DistributedArgs:
     local_device_ids: tuple[int, ...] | None = None
     initialization_timeout: int = 300
     heartbeat_timeout_seconds: int = 100
+    shutdown_timeout_seconds: int = 300
+
+
+def _timeout_from_env(name: str, default: int) -> int:
+    var = TIMEOUT_ENV[name]
+    if var not in os.environ:
+        return default
+    try:
+        value = int(os.environ[var])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"distributed: {var}={os.environ[var]!r} must be a whole number of seconds >= 1")
+    return value
 
 
 def from_env(args: DistributedArgs) -> DistributedArgs:
-    """Fill unset fields from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID."""
+    """Fill unset fields from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; timeouts from
+    the ``TIMEOUT_ENV`` variables when set."""
     env = os.environ
     return DistributedArgs(
         coordinator_address=args.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None,
@@ -36,8 +60,9 @@ def from_env(args: DistributedArgs) -> DistributedArgs:
         if args.process_id is not None
         else (int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None),
         local_device_ids=args.local_device_ids,
-        initialization_timeout=args.initialization_timeout,
-        heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
+        initialization_timeout=_timeout_from_env("initialization_timeout", args.initialization_timeout),
+        heartbeat_timeout_seconds=_timeout_from_env("heartbeat_timeout_seconds", args.heartbeat_timeout_seconds),
+        shutdown_timeout_seconds=_timeout_from_env("shutdown_timeout_seconds", args.shutdown_timeout_seconds),
     )
 
 
@@ -84,11 +109,17 @@ def initialize(args: DistributedArgs) -> bool:
             local_device_ids=list(args.local_device_ids) if args.local_device_ids is not None else None,
             initialization_timeout=args.initialization_timeout,
             heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
+            shutdown_timeout_seconds=args.shutdown_timeout_seconds,
         )
         return True
     if any(k in os.environ for k in _CLUSTER_ENV) and os.environ.get("COSMOS_POLICY_NO_AUTODETECT") != "1":
         logging.info("cluster environment detected; jax.distributed.initialize() with auto-detection")
-        jax.distributed.initialize(local_device_ids=list(args.local_device_ids) if args.local_device_ids else None)
+        jax.distributed.initialize(
+            local_device_ids=list(args.local_device_ids) if args.local_device_ids else None,
+            initialization_timeout=args.initialization_timeout,
+            heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
+            shutdown_timeout_seconds=args.shutdown_timeout_seconds,
+        )
         return True
     return False
 

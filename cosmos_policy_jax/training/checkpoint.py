@@ -38,6 +38,8 @@ CONFIG = "config"
 FINGERPRINT = "fingerprint"
 # orbax's name for a step directory still being written (``<step>.orbax-checkpoint-tmp[-<n>]``).
 _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+# grain's per-process data-iterator files.
+_DATA_FILE = re.compile(r"^process_\d+-of-\d+\.json$")
 
 
 class CheckpointError(RuntimeError):
@@ -246,18 +248,39 @@ class Checkpointer:
                 f"{len(bad)} array(s) differ from the fingerprint written at save time: {_listing(bad)}"
             )
 
+    def _data_state_of_other_layout(self, iteration: int) -> bytes:
+        """The data position of a checkpoint written by another number of processes.
+
+        Every process consumes the same number of global batches, so each process's file holds the
+        same position; the data feed re-validates it against this run's layout.
+        """
+        directory = os.path.join(self.step_dir(iteration), DATA)
+        files = sorted(n for n in os.listdir(directory) if _DATA_FILE.match(n))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no data-iterator state file")
+        with open(os.path.join(directory, files[0]), "rb") as f:
+            data = f.read()
+        logging.warning(
+            "checkpoint %d: data-iterator state written by another number of processes (%s); using %s",
+            iteration,
+            ", ".join(files),
+            files[0],
+        )
+        return data
+
     def restore(self, iteration: int, abstract_state: Any) -> tuple[Any, bytes]:
         self.check_compatible(iteration, abstract_state)
         holder = DataIterState()
-        restored = self.manager.restore(
-            iteration,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), DATA: grain_checkpoint.CheckpointRestore(holder)}
-            ),
-        )
+        own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        own = os.path.exists(os.path.join(self.step_dir(iteration), DATA, own_file))
+        items = {STATE: ocp.args.StandardRestore(abstract_state)}
+        if own:
+            items[DATA] = grain_checkpoint.CheckpointRestore(holder)
+        restored = self.manager.restore(iteration, args=ocp.args.Composite(**items))
         self.verify(iteration, restored[STATE])
-        json.loads(holder.state)  # the data-iterator state must at least parse (a damaged file raises here)
-        return restored[STATE], holder.state
+        data = holder.state if own else self._data_state_of_other_layout(iteration)
+        json.loads(data)  # the data-iterator state must at least parse (a damaged file raises here)
+        return restored[STATE], data
 
     def restore_params(self, iteration: int, abstract_params: Any, *, ema: bool = False) -> Any:
         """Only the (EMA) parameters of a checkpoint, placed with ``abstract_params``' shardings."""
@@ -274,11 +297,16 @@ class Checkpointer:
         return self.manager.restore(iteration, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, bytes] | None:
-        """Restore the newest good checkpoint, moving corrupt ones aside; None if there is none.
+        """Restore the newest good checkpoint; None if the directory holds none.
 
-        A checkpoint of another model raises ``CheckpointMismatchError`` (a wrong job directory or
-        config, not a damaged file): nothing is moved and no older checkpoint is tried.
+        An unreadable checkpoint is reported and the previous one tried. Unreadable ones are moved
+        aside (``<iteration>.corrupt-<time>``) only once an older checkpoint has restored, i.e. when
+        the storage works and the fault is theirs; if none restores, ``CheckpointError`` is raised and
+        nothing is moved (a storage outage must not discard a job's checkpoints and restart it from
+        scratch). A checkpoint of another model raises ``CheckpointMismatchError`` (a wrong job
+        directory or config, not a damaged file) and nothing is moved either.
         """
+        failed: list[tuple[int, Exception]] = []
         for iteration in reversed(self.steps()):
             error: Exception | None = None
             got = None
@@ -293,22 +321,33 @@ class Checkpointer:
                     got = self.restore(iteration, abstract_state)
                 except Exception as e:  # any failure to read a finalised checkpoint marks it bad
                     error = e
-            if not _all_processes_ok(error is None):
-                self._quarantine(iteration, error or RuntimeError("unreadable on another process"))
-                continue
-            return iteration, *got
+            if _all_processes_ok(error is None):
+                for bad, bad_error in failed:
+                    self._quarantine(bad, bad_error)
+                return iteration, *got
+            error = error or RuntimeError("unreadable on another process")
+            msg = f"checkpoint {self.step_dir(iteration)} is unreadable ({type(error).__name__}: {_first_line(error)[:200]})"
+            logging.warning("%s; trying the previous checkpoint", msg)
+            if jax.process_index() == 0:
+                print(f"warning: {msg}; trying the previous checkpoint", flush=True)
+            failed.append((iteration, error))
+        if failed:
+            listed = "; ".join(f"{it}: {type(e).__name__}: {_first_line(e)[:120]}" for it, e in failed[:3])
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored ({listed}); nothing was moved or deleted: "
+                "fix the storage, or move the damaged step directories away to start over"
+            )
         return None
 
     def _quarantine(self, iteration: int, error: Exception) -> None:
         src = self.step_dir(iteration)
-        msg = f"checkpoint {src} is unreadable ({type(error).__name__}: {_first_line(error)[:200]})"
         if self.read_only:  # another run's directory: skip the checkpoint but leave it where it is
-            msg += "; skipping it, falling back to the previous checkpoint"
+            msg = f"skipped checkpoint {src} ({type(error).__name__}); left in place (read-only directory)"
         else:
             dst = f"{src}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
             if jax.process_index() == 0 and os.path.isdir(src):
                 os.replace(src, dst)
-            msg += f"; moved aside to {dst}, falling back to the previous checkpoint"
+            msg = f"skipped checkpoint {src} ({type(error).__name__}); moved aside to {dst}"
             if jax.process_count() > 1:  # every process must see the move before listing steps again
                 multihost_utils.sync_global_devices(f"checkpoint_quarantine_{iteration}")
         logging.warning("%s", msg)
