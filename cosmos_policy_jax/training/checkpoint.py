@@ -138,7 +138,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             enable_async_checkpointing=async_save,
-            create=not read_only,
+            # Created by the first save, not here: a run that fails on bad input leaves the job dir as it was.
+            create=False,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
         )
@@ -171,6 +172,7 @@ class Checkpointer:
     def save(self, iteration: int, state: Any, data_state: bytes, config_dict: dict, *, force: bool = True) -> bool:
         # orbax would re-raise a failed previous async save from inside this save; name its step instead.
         self.wait()
+        os.makedirs(self.directory, exist_ok=True)
         args = ocp.args.Composite(
             **{
                 STATE: ocp.args.StandardSave(state),
@@ -209,12 +211,15 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def check_compatible(self, iteration: int, abstract_state: Any) -> None:
+    def check_compatible(self, iteration: int, abstract_state: Any, *, prefix: str = "") -> None:
         """Raise ``CheckpointMismatchError`` naming the arrays whose key, shape or dtype differ from the model.
 
-        Unreadable metadata raises whatever orbax raises (that is corruption, not a mismatch).
+        ``prefix`` (e.g. ``"params"``) compares only that part of the saved state. Unreadable metadata
+        raises whatever orbax raises (that is corruption, not a mismatch).
         """
         saved = _flat_arrays(self.manager.item_metadata(iteration)[STATE])
+        if prefix:
+            saved = {k[len(prefix) + 1 :]: v for k, v in saved.items() if k.startswith(prefix + ".")}
         want = _flat_arrays(abstract_state)
         missing = sorted(set(want) - set(saved))
         extra = sorted(set(saved) - set(want))
@@ -285,6 +290,7 @@ class Checkpointer:
     def restore_params(self, iteration: int, abstract_params: Any, *, ema: bool = False) -> Any:
         """Only the (EMA) parameters of a checkpoint, placed with ``abstract_params``' shardings."""
         field = "ema_params" if ema else "params"
+        self.check_compatible(iteration, abstract_params, prefix=field)
         restored = self.manager.restore(
             iteration,
             args=ocp.args.Composite(

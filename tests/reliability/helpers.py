@@ -1,0 +1,178 @@
+"""Subprocess helpers for the reliability tests: run the training CLI (optionally with an injected
+fault, see ``fault_train.py``), follow its progress, compare runs, snapshot directories.
+
+Every run is a real ``python -m cosmos_policy_jax.train`` process on fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count``), with stdout/stderr in log files next to
+``log_prefix`` (pipes could fill up and block a chatty process). All runs of a session share one
+persistent compilation cache, so only the first run of each program compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from cosmos_policy_jax.training.loop import deterministic_row, read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = "cosmos_policy_jax.train"
+FAULT_TRAIN = "tests.reliability.fault_train"
+GLOBAL_BATCH = 4
+DEVICES = 4
+SAVE_ITER = 2
+# Iterations of the shared reference run (conftest.reference_run): checkpoints at 2, 4, 6, 8, the last
+# three kept (checkpoint.keep_last=3).
+REFERENCE_ITERS = 8
+_PROGRESS = re.compile(r"\] (\d+)/(\d+) loss ")
+
+
+def tiny_args(job: Path | str, max_iter: int, *extra: str) -> list[str]:
+    """The ``tiny`` config on ``job``: global batch 4, a checkpoint every 2 iterations, a log row every one."""
+    return [
+        "--config=configs/cosmos_policy.py:tiny",
+        f"--config.job.path_local={job}",
+        f"--config.trainer.max_iter={max_iter}",
+        f"--config.checkpoint.save_iter={SAVE_ITER}",
+        "--config.trainer.logging_iter=1",
+        f"--config.dataloader_train.global_batch_size={GLOBAL_BATCH}",
+        *extra,
+    ]
+
+
+def train_env(cache_dir: Path | str, *, devices: int = DEVICES, **extra: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_")}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclasses.dataclass
+class Run:
+    """One training process and its log files."""
+
+    proc: subprocess.Popen
+    out: Path
+    err: Path
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"training process still running after {timeout:g} s\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
+    def progress(self) -> int:
+        """The last iteration this process reported (its progress bar on stderr); 0 before the first."""
+        found = _PROGRESS.findall(self.stderr())
+        return int(found[-1][0]) if found else 0
+
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr().splitlines() if ln.startswith("error:")]
+
+    def tail(self, n: int = 3000) -> str:
+        return f"--- stdout ---\n{self.stdout()[-n:]}\n--- stderr ---\n{self.stderr()[-n:]}"
+
+
+def start(args: list[str], env: dict[str, str], log_prefix: Path, *, module: str = TRAIN) -> Run:
+    out, err = Path(f"{log_prefix}.out"), Path(f"{log_prefix}.err")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=fo, stderr=fe)
+    return Run(proc, out, err)
+
+
+def run(args: list[str], env: dict[str, str], log_prefix: Path, *, module: str = TRAIN, timeout: float = 600) -> Run:
+    r = start(args, env, log_prefix, module=module)
+    r.wait(timeout)
+    return r
+
+
+def wait_for(run_: Run, condition, what: str, timeout: float = 300, poll: float = 0.02) -> None:
+    """Poll ``condition()`` until true; fail if the process exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if run_.returncode is not None:
+            raise AssertionError(f"process exited ({run_.returncode}) before {what}\n{run_.tail()}")
+        if time.monotonic() > deadline:
+            run_.kill()
+            raise AssertionError(f"timed out waiting for {what}\n{run_.tail()}")
+        time.sleep(poll)
+
+
+def rows(job: Path | str) -> list[dict]:
+    """metrics.jsonl rows without the timing fields (which differ between identical runs)."""
+    return [deterministic_row(r) for r in read_metrics(str(job))]
+
+
+def export(job: Path | str) -> dict[str, np.ndarray]:
+    return load_file(os.path.join(job, "export", "net.safetensors"))
+
+
+def assert_same_export(a: Path | str, b: Path | str) -> None:
+    pa, pb = export(a), export(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+def snapshot(directory: Path | str) -> dict[str, str]:
+    """Relative path -> sha256 of every file (and "dir" for every directory) under ``directory``."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def checkpoint_steps(job: Path | str) -> list[str]:
+    """Entries of ``{job}/checkpoints`` (finalised steps, moved-aside and temporary directories), sorted."""
+    d = os.path.join(job, "checkpoints")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def copy_job(job: Path | str, dest: Path, *, checkpoints: bool = True) -> Path:
+    """A private copy of a job directory (optionally without its checkpoints) for a test to modify."""
+    shutil.copytree(job, dest, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
