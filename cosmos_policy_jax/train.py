@@ -32,6 +32,14 @@ EXIT_STALLED = 3  # no batch within dataloader_*.timeout (a stuck worker or file
 EXIT_PREEMPTED = 143  # overridden by trainer.exit_code_on_preemption
 
 
+def _describe(e: BaseException) -> str:
+    """An error as one line: a config's problems joined by "; ", other multi-line reports joined by spaces."""
+    problems = getattr(e, "problems", None)
+    if problems:
+        return "; ".join(problems)
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(EXIT_BAD_INPUT)
@@ -72,7 +80,7 @@ def main(argv: list[str]) -> int:
         try:
             config_lib.validate(config, check_paths=False)
         except config_lib.ConfigError as e:
-            _fail(f"invalid config: {e}")
+            _fail(f"invalid config: {_describe(e)}")
         print(config_lib.to_yaml(config))
         print("overrides:", overrides if overrides else "(none)")
         path = config_lib.save_yaml(config, os.path.join(config.job.path_local, "config.yaml"))
@@ -92,7 +100,7 @@ def main(argv: list[str]) -> int:
             )
         )
     except (ValueError, RuntimeError) as e:
-        _fail(str(e))
+        _fail(_describe(e))
 
     import jax
 
@@ -105,7 +113,7 @@ def main(argv: list[str]) -> int:
         mesh = make_mesh(config.parallel)
         config_lib.validate(config, mesh_shape=dict(mesh.shape), unresolved=unresolved)
     except (config_lib.ConfigError, ValueError) as e:
-        _fail(f"invalid config: {e}")
+        _fail(f"invalid config: {_describe(e)}")
 
     # All processes agree on the job name and directory (the reference broadcasts job.name).
     with config.unlocked():
@@ -124,10 +132,10 @@ def main(argv: list[str]) -> int:
         )
     except DataLoaderTimeout as e:
         logging.error("%s", e)
-        _fail_now(EXIT_STALLED, f"{type(e).__name__}: {e}")
+        _fail_now(EXIT_STALLED, f"{type(e).__name__}: {_describe(e)}")
     except loop.BAD_INPUT_ERRORS as e:
         logging.error("%s", e)
-        _fail(f"{type(e).__name__}: {e}")
+        _fail(f"{type(e).__name__}: {_describe(e)}")
     return EXIT_OK
 
 

@@ -38,10 +38,10 @@ REFERENCE_ITERS = 8
 _PROGRESS = re.compile(r"\] (\d+)/(\d+) loss ")
 
 
-def tiny_args(job: Path | str, max_iter: int, *extra: str) -> list[str]:
+def tiny_args(job: Path | str, max_iter: int, *extra: str, config: str = "tiny") -> list[str]:
     """The ``tiny`` config on ``job``: global batch 4, a checkpoint every 2 iterations, a log row every one."""
     return [
-        "--config=configs/cosmos_policy.py:tiny",
+        f"--config=configs/cosmos_policy.py:{config}",
         f"--config.job.path_local={job}",
         f"--config.trainer.max_iter={max_iter}",
         f"--config.checkpoint.save_iter={SAVE_ITER}",
