@@ -270,35 +270,31 @@ def make_vae_encode(b: Bench):
     return jax.jit(encode)
 
 
-def make_dit_step(b: Bench, *, with_update: bool = True):
-    """DiT step on precomputed latents: policy loss, backward and (``with_update``) the optimizer update.
+def make_dit_step(b: Bench):
+    """DiT step on precomputed latents: policy loss, backward and the optimizer update.
 
     ``(params, opt_state, latent, batch, rest, key) -> (params, opt_state, loss)``, params and optimizer
     state donated like the trainer's step.
     """
     import optax
-    from flax import nnx
 
-    from cosmos_policy_jax.policy.objective import policy_loss
-
-    graphdef, pcfg, tx = b.defs.dit_graphdef, b.pcfg, b.tx
+    loss_fn = _dit_loss_fn(b)
+    tx = b.tx
 
     def step(params, opt_state, latent, batch, rest, key):
-        def loss_fn(p):
-            loss, _, _ = policy_loss(nnx.merge(graphdef, p, rest), latent, batch, pcfg, key)
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        if not with_update:
-            return grads, opt_state, loss
+        loss, grads = jax.value_and_grad(loss_fn)(params, latent, batch, rest, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1) if with_update else ())
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_dit_loss(b: Bench):
-    """Forward only: the policy loss on precomputed latents."""
+def make_dit_grad(b: Bench):
+    """Forward + backward only: ``(params, latent, batch, rest, key) -> (loss, grads)``."""
+    return jax.jit(jax.value_and_grad(_dit_loss_fn(b)))
+
+
+def _dit_loss_fn(b: Bench):
     from flax import nnx
 
     from cosmos_policy_jax.policy.objective import policy_loss
@@ -308,7 +304,12 @@ def make_dit_loss(b: Bench):
     def loss(params, latent, batch, rest, key):
         return policy_loss(nnx.merge(graphdef, params, rest), latent, batch, pcfg, key)[0]
 
-    return jax.jit(loss)
+    return loss
+
+
+def make_dit_loss(b: Bench):
+    """Forward only: the policy loss on precomputed latents."""
+    return jax.jit(_dit_loss_fn(b))
 
 
 def make_optimizer_update(b: Bench):

@@ -252,9 +252,9 @@ def components(b: common.Bench, steps: int, warmup: int) -> dict:
     small = common.dit_batch(b.batch)
     loss = common.make_dit_loss(b)
     timed("dit_forward_s", lambda: loss(b.state.params, latent, small, b.rest, key))
-    grad = common.make_dit_step(b, with_update=False)
-    timed("dit_forward_backward_s", lambda: grad(b.state.params, b.state.opt_state, latent, small, b.rest, key)[2])
-    grads = grad(b.state.params, b.state.opt_state, latent, small, b.rest, key)[0]
+    grad = common.make_dit_grad(b)
+    timed("dit_forward_backward_s", lambda: grad(b.state.params, latent, small, b.rest, key))
+    grads = grad(b.state.params, latent, small, b.rest, key)[1]
 
     params = jax.tree.map(lambda x: x.copy(), b.state.params)
     opt_state = jax.tree.map(lambda x: x.copy(), b.state.opt_state)
