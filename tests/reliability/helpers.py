@@ -166,6 +166,29 @@ def checkpoint_steps(job: Path | str) -> list[str]:
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
+def sample_in_micro_batch(micro_batch: int) -> int:
+    """A sample index that the tiny config's pipeline (1 process, 4 devices) puts in ``micro_batch``."""
+    from configs.cosmos_policy import get_config
+    from cosmos_policy_jax.data.pipeline import BatchPlan, make_source_for
+
+    cfg = get_config("tiny")
+    loader = cfg.dataloader_train
+    source = make_source_for(loader.dataset, seed=loader.seed, layout=dict(cfg.model.latent_layout))
+    plan = BatchPlan(
+        num_samples=len(source),
+        dp_rank=0,
+        dp_size=1,
+        shards_per_process=DEVICES,
+        batch_per_shard=GLOBAL_BATCH // DEVICES,
+        shuffle=bool(loader.shuffle),
+        seed=int(loader.seed),
+        drop_last=bool(loader.drop_last),
+    )
+    epoch, indices = plan.batch_indices(micro_batch)
+    assert epoch == 0
+    return int(indices[0])
+
+
 def copy_job(job: Path | str, dest: Path, *, checkpoints: bool = True) -> Path:
     """A private copy of a job directory (optionally without its checkpoints) for a test to modify."""
     shutil.copytree(job, dest, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import yaml
 
-from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data.pipeline import BatchPlan, make_source_for
 from tests.reliability import helpers
 from tests.training.helpers import StepRunner, flat_params, host_batches, mesh_for, tiny_config
 
@@ -19,26 +17,6 @@ pytestmark = pytest.mark.slow
 
 K = 2  # trainer.grad_accum_iter: the NaN batch is the second micro-batch of the first window
 NAN_MICRO_BATCH = 1
-
-
-def _sample_in_micro_batch(micro_batch: int) -> int:
-    """A sample index that the tiny config's pipeline (1 process, 4 devices) puts in ``micro_batch``."""
-    cfg = get_config("tiny")
-    loader = cfg.dataloader_train
-    source = make_source_for(loader.dataset, seed=loader.seed, layout=dict(cfg.model.latent_layout))
-    plan = BatchPlan(
-        num_samples=len(source),
-        dp_rank=0,
-        dp_size=1,
-        shards_per_process=helpers.DEVICES,
-        batch_per_shard=helpers.GLOBAL_BATCH // helpers.DEVICES,
-        shuffle=bool(loader.shuffle),
-        seed=int(loader.seed),
-        drop_last=bool(loader.drop_last),
-    )
-    epoch, indices = plan.batch_indices(micro_batch)
-    assert epoch == 0
-    return int(indices[0])
 
 
 def test_nan_batch_in_an_accumulation_window_is_skipped_counted_and_the_loss_scale_recovers(compile_cache, tmp_path):
@@ -51,7 +29,7 @@ def test_nan_batch_in_an_accumulation_window_is_skipped_counted_and_the_loss_sca
         "--config.trainer.loss_scaling=True",
         f"--config.trainer.loss_scale_growth_interval={growth}",
     )
-    env = helpers.train_env(compile_cache, FAULT_NAN_INDEX=_sample_in_micro_batch(NAN_MICRO_BATCH))
+    env = helpers.train_env(compile_cache, FAULT_NAN_INDEX=helpers.sample_in_micro_batch(NAN_MICRO_BATCH))
     r = helpers.run(args, env, tmp_path / "nan", module=helpers.FAULT_TRAIN)
     assert r.returncode == 0, r.tail()
     rows = helpers.rows(job)

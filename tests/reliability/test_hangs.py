@@ -1,0 +1,59 @@
+"""No silent hangs: a data loader that stops producing and a peer process that dies or hangs both end
+the run with a non-zero exit within a bounded time."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.reliability import helpers
+
+pytestmark = pytest.mark.slow
+
+LOADER_TIMEOUT_S = 5
+
+
+def test_stuck_data_loader_raises_after_the_timeout_and_exits(compile_cache, tmp_path):
+    job = tmp_path / "job"
+    stuck_batch = 3  # the loader thread blocks forever on a sample of the 4th batch
+    env = helpers.train_env(compile_cache, FAULT_STALL_INDEX=helpers.sample_in_micro_batch(stuck_batch))
+    args = helpers.tiny_args(job, helpers.REFERENCE_ITERS, f"--config.dataloader_train.timeout={LOADER_TIMEOUT_S}")
+    r = helpers.start(args, env, tmp_path / "stuck", module=helpers.FAULT_TRAIN)
+    helpers.wait_for(r, lambda: "[fault] stalling" in r.stdout(), "the loader to get stuck")
+    stuck_at = time.monotonic()
+    rc = r.wait(120)  # the stuck thread must not keep the process alive at exit
+    waited = time.monotonic() - stuck_at
+    assert rc == 3, r.tail()
+    (line,) = r.error_lines()
+    assert f"DataLoaderTimeout: no batch from the data loader within {LOADER_TIMEOUT_S} s" in line
+    assert "dataloader_train.timeout" in line
+    # Prefetching may get stuck a little before the trainer asks for that batch, never after the timeout.
+    assert waited < LOADER_TIMEOUT_S + 60, waited
+    # The last checkpoint before the stall is complete (an in-flight save is finished, not abandoned).
+    assert "2" in helpers.checkpoint_steps(job) and not [s for s in helpers.checkpoint_steps(job) if "tmp" in s]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_dead_or_hung_peer_stops_the_other_process(how, compile_cache, tmp_path):
+    """Two processes; process 1 is killed (its connections close) or stopped (it just goes silent:
+    only the coordination service's heartbeat notices). Process 0 must exit non-zero, not wait forever."""
+    heartbeat_s = 10
+    port = helpers.free_port()
+    env = helpers.train_env(compile_cache, devices=2, COSMOS_POLICY_HEARTBEAT_TIMEOUT_S=heartbeat_s)
+    args = helpers.tiny_args(tmp_path / "job", 10_000, "--config.checkpoint.save_iter=10000")
+    mp = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes=2"]
+    procs = [helpers.start([*args, *mp, f"--process_id={i}"], env, tmp_path / f"p{i}") for i in range(2)]
+    try:
+        helpers.wait_for(procs[0], lambda: procs[0].progress() >= 2, "two training steps")
+        procs[1].proc.send_signal(getattr(signal, how))
+        lost_at = time.monotonic()
+        rc = procs[0].wait(heartbeat_s + 110)
+        waited = time.monotonic() - lost_at
+    finally:
+        for p in procs:
+            p.kill()
+    assert rc not in (0, None), procs[0].tail()
+    assert procs[0].progress() < 10_000
+    assert waited < heartbeat_s + 60, waited
