@@ -6,6 +6,8 @@ XLA's cost analysis counts a while-loop body once.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import pytest
 
@@ -15,6 +17,12 @@ from cosmos_policy_jax.parallel.mesh import make_mesh
 from cosmos_policy_jax.training import flops as flops_lib
 
 TOLERANCE = 0.10
+
+# oneDNN custom calls (convolutions, matmuls) are opaque to XLA's cost analysis: nothing to compare then.
+pytestmark = pytest.mark.skipif(
+    common.ONEDNN_FLAG in os.environ.get("XLA_FLAGS", ""),
+    reason="XLA_FLAGS enables oneDNN custom calls, whose FLOPs XLA's cost analysis does not count",
+)
 
 
 @pytest.fixture(scope="module")
