@@ -60,7 +60,8 @@ def _enable_compilation_cache(jax) -> None:
     )
     if path:
         jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # an explicit setting wins (tests: 0)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def main(argv: list[str]) -> int:

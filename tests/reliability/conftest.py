@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,21 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shared_once(shared_dir: Path, name: str, compute: Callable[[Path], dict]) -> dict:
+    """``compute(directory)`` once per session for all xdist workers; its JSON result is reused.
+
+    A module-scoped fixture would run once per worker that gets one of the module's tests.
+    """
+    directory = shared_dir / name
+    result = shared_dir / f"{name}.json"
+    with _locked(shared_dir / f"{name}.lock"):
+        if not result.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            result.write_text(json.dumps(compute(directory)))
+    return json.loads(result.read_text())
 
 
 @pytest.fixture(scope="session")

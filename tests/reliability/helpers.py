@@ -57,6 +57,7 @@ def train_env(cache_dir: Path | str, *, devices: int = DEVICES, **extra: object)
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # cache the small start-up programs too
         PYTHONPATH=str(ROOT),
     )
     env.update({k: str(v) for k, v in extra.items()})

@@ -209,14 +209,14 @@ def test_out_of_disk_during_a_checkpoint_save(compile_cache, tmp_path):
     the reason; checkpoint 2 (the only one kept, keep_last=1) is intact and the next start resumes it."""
     job = tmp_path / "job"
     env = helpers.train_env(compile_cache)
-    args = helpers.tiny_args(job, 6, "--config.checkpoint.keep_last=1")
+    args = helpers.tiny_args(job, 4, "--config.checkpoint.keep_last=1")
     r = helpers.run(args, {**env, "FAULT_ENOSPC_AT_COMMIT": "4"}, tmp_path / "enospc", module=helpers.FAULT_TRAIN)
     assert r.returncode == 2, r.tail()
     (line,) = r.error_lines()
     assert f"CheckpointError: checkpoint 4: save to {job}/checkpoints/4 failed (No space left on device)" in line
     assert "earlier checkpoints are intact" in line
     assert "2" in helpers.checkpoint_steps(job) and "4" not in helpers.checkpoint_steps(job)
-    again = helpers.run(helpers.tiny_args(job, 4), env, tmp_path / "restart")
+    again = helpers.run(args, env, tmp_path / "restart")
     assert again.returncode == 0, again.tail()
     assert f"resuming from {job}/checkpoints/2" in again.stdout()
     assert os.path.exists(job / "export" / "net.safetensors")

@@ -1,5 +1,5 @@
-"""No silent hangs: a data loader that stops producing and a peer process that dies or hangs both end
-the run with a non-zero exit within a bounded time."""
+"""No silent hangs: a data loader that stops producing and a peer process that hangs both end the run
+with a non-zero exit within a bounded time (a peer that dies: test_multiprocess_equivalence.py)."""
 
 from __future__ import annotations
 
@@ -35,25 +35,24 @@ def test_stuck_data_loader_raises_after_the_timeout_and_exits(compile_cache, tmp
     assert "2" in helpers.checkpoint_steps(job) and not [s for s in helpers.checkpoint_steps(job) if "tmp" in s]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
-def test_a_dead_or_hung_peer_stops_the_other_process(how, compile_cache, tmp_path):
-    """Two processes; process 1 is killed (its connections close) or stopped (it just goes silent:
-    only the coordination service's heartbeat notices). Process 0 must exit non-zero, not wait forever."""
+def test_a_hung_peer_stops_the_other_process(compile_cache, tmp_path):
+    """Two processes; process 1 is stopped (SIGSTOP): its connections stay open and it just goes silent,
+    like a frozen or unreachable node, so only the coordination service's heartbeat notices. Process 0
+    must exit non-zero, not wait forever. (A killed peer: test_multiprocess_equivalence.py.)"""
     heartbeat_s = 10
     port = helpers.free_port()
     env = helpers.train_env(compile_cache, devices=2, COSMOS_POLICY_HEARTBEAT_TIMEOUT_S=heartbeat_s)
-    args = helpers.tiny_args(tmp_path / "job", 10_000, "--config.checkpoint.save_iter=10000")
+    args = helpers.tiny_args(tmp_path / "job", 10_000)
     mp = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes=2"]
     procs = [helpers.start([*args, *mp, f"--process_id={i}"], env, tmp_path / f"p{i}") for i in range(2)]
     try:
-        helpers.wait_for(procs[0], lambda: procs[0].progress() >= 2, "two training steps")
-        procs[1].proc.send_signal(getattr(signal, how))
+        helpers.wait_for(procs[0], lambda: procs[0].progress() >= 2, "two training steps", timeout=600)
+        procs[1].proc.send_signal(signal.SIGSTOP)
         lost_at = time.monotonic()
         rc = procs[0].wait(heartbeat_s + 110)
         waited = time.monotonic() - lost_at
     finally:
         for p in procs:
             p.kill()
-    assert rc not in (0, None), procs[0].tail()
-    assert procs[0].progress() < 10_000
+    assert rc != 0, procs[0].tail()
     assert waited < heartbeat_s + 60, waited

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 import pytest
 
 from tests.reliability import helpers
+from tests.reliability.conftest import shared_once
 
 pytestmark = pytest.mark.slow
+
+
+RESUMED = "[cosmos_policy_jax] resuming from "
 
 
 @dataclass
@@ -36,14 +40,18 @@ class Interrupted:
 
 
 def _resumed_from(out: str) -> int:
-    found = re.findall(r"\[cosmos_policy_jax\] resuming from (\S+)", out)
+    found = re.findall(re.escape(RESUMED) + r"(\S+)", out)
     assert len(found) == 1, out
     return int(os.path.basename(found[0]))
 
 
 @pytest.fixture(scope="module")
-def interrupted(reference_run, compile_cache, tmp_path_factory) -> Interrupted:
-    tmp = tmp_path_factory.mktemp("interrupted")
+def interrupted(reference_run, compile_cache, shared_dir) -> Interrupted:
+    # Shared by the xdist workers: the scenario runs once per session.
+    return Interrupted(**shared_once(shared_dir, "interrupted", lambda d: _interrupt(d, compile_cache)))
+
+
+def _interrupt(tmp, compile_cache) -> dict:
     job = tmp / "job"
     env = helpers.train_env(compile_cache)
     args = helpers.tiny_args(job, helpers.REFERENCE_ITERS)
@@ -57,7 +65,7 @@ def interrupted(reference_run, compile_cache, tmp_path_factory) -> Interrupted:
     killed_rc = first.wait(60)
 
     second = helpers.start(args, env, tmp / "2-terminated")
-    helpers.wait_for(second, lambda: "resuming from" in second.stdout(), "the resume message")
+    helpers.wait_for(second, lambda: RESUMED in second.stdout(), "the resume message")
     resumed_from = _resumed_from(second.stdout())
     # SIGTERM once the restarted process has trained a step of its own.
     helpers.wait_for(second, lambda: second.progress() >= resumed_from + 1, f"iteration {resumed_from + 1}")
@@ -70,7 +78,7 @@ def interrupted(reference_run, compile_cache, tmp_path_factory) -> Interrupted:
     steps_after_term = helpers.checkpoint_steps(job)
 
     third = helpers.run(args, env, tmp / "3-finished")
-    return Interrupted(
+    return dict(
         job=str(job),
         kill_at=reported,
         killed_rc=killed_rc,
