@@ -273,7 +273,8 @@ class Checkpointer:
         )
         return data
 
-    def restore(self, iteration: int, abstract_state: Any) -> tuple[Any, bytes]:
+    def restore(self, iteration: int, abstract_state: Any, *, verify: bool = True) -> tuple[Any, bytes]:
+        """(state, data-iterator state) of ``iteration``; ``verify`` (a collective) checks the fingerprint."""
         self.check_compatible(iteration, abstract_state)
         holder = DataIterState()
         own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -282,7 +283,8 @@ class Checkpointer:
         if own:
             items[DATA] = grain_checkpoint.CheckpointRestore(holder)
         restored = self.manager.restore(iteration, args=ocp.args.Composite(**items))
-        self.verify(iteration, restored[STATE])
+        if verify:
+            self.verify(iteration, restored[STATE])
         data = holder.state if own else self._data_state_of_other_layout(iteration)
         json.loads(data)  # the data-iterator state must at least parse (a damaged file raises here)
         return restored[STATE], data
@@ -324,8 +326,14 @@ class Checkpointer:
                 error = e
             if error is None:
                 try:
-                    got = self.restore(iteration, abstract_state)
+                    got = self.restore(iteration, abstract_state, verify=False)
                 except Exception as e:  # any failure to read a finalised checkpoint marks it bad
+                    error = e
+            # The fingerprint check is a collective: only once every process has read the checkpoint.
+            if _all_processes_ok(error is None):
+                try:
+                    self.verify(iteration, got[0])
+                except Exception as e:
                     error = e
             if _all_processes_ok(error is None):
                 for bad, bad_error in failed:

@@ -51,6 +51,15 @@ def shared_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def one_multiprocess_job_at_a_time(shared_dir):
+    """Two-process jobs run one after the other across xdist workers: the second one then finds its
+    programs in the compilation cache instead of compiling them again at the same time (4 processes on
+    a 2-core machine)."""
+    with _locked(shared_dir / "multiprocess.lock"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def compile_cache(shared_dir) -> Path:
     path = shared_dir / "jax_cache"

@@ -35,7 +35,7 @@ def test_stuck_data_loader_raises_after_the_timeout_and_exits(compile_cache, tmp
     assert "2" in helpers.checkpoint_steps(job) and not [s for s in helpers.checkpoint_steps(job) if "tmp" in s]
 
 
-def test_a_hung_peer_stops_the_other_process(compile_cache, tmp_path):
+def test_a_hung_peer_stops_the_other_process(compile_cache, tmp_path, one_multiprocess_job_at_a_time):
     """Two processes; process 1 is stopped (SIGSTOP): its connections stay open and it just goes silent,
     like a frozen or unreachable node, so only the coordination service's heartbeat notices. Process 0
     must exit non-zero, not wait forever. (A killed peer: test_multiprocess_equivalence.py.)"""

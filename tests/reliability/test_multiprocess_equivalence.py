@@ -30,7 +30,9 @@ def _assert_rows_close(got: list[dict], want: list[dict]) -> None:
             np.testing.assert_allclose(a[key], b[key], rtol=RTOL, err_msg=f"{key} at iteration {a['iteration']}")
 
 
-def test_two_processes_match_one_survive_a_dead_peer_and_resume_in_one(reference_run, compile_cache, tmp_path):
+def test_two_processes_match_one_survive_a_dead_peer_and_resume_in_one(
+    reference_run, compile_cache, tmp_path, one_multiprocess_job_at_a_time
+):
     job = tmp_path / "job"
     port = helpers.free_port()
     env = helpers.train_env(compile_cache, devices=2, COSMOS_POLICY_HEARTBEAT_TIMEOUT_S=HEARTBEAT_S)
