@@ -88,6 +88,11 @@ def main(argv: list[str]) -> int:
         print(f"config written to {os.path.abspath(path)}")
         return EXIT_OK
 
+    # orbax and jax log every save and compile at INFO; keep the console to the progress lines and
+    # warnings unless the user asks for more (--verbosity=0 or -v 0 restores INFO).
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
     from cosmos_policy_jax.parallel import distributed
 
     local_ids = tuple(int(x) for x in _LOCAL_DEVICES.value) if _LOCAL_DEVICES.value else None

@@ -20,7 +20,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 from absl import logging
@@ -274,16 +273,13 @@ class Trainer:
         flops = flops_lib.train_flops_per_sample(config)
         peak = _peak_tflops(config)
         n_dev = jax.device_count()
-        logging.info(
-            "global batch %d (per process %d, %d data-parallel process groups, %d data-parallel devices); "
-            "grad_accum_iter %d; %.3g model FLOPs per sample",
-            gbs,
-            gbs // dp_procs,
-            dp_procs,
-            data_parallel_size(mesh),
-            self.k,
-            flops["total"],
-        )
+        if self.is_main:
+            print(
+                f"[cosmos_policy_jax] mesh {dict(mesh.shape)}; global batch {gbs} ({gbs // dp_procs} per process, "
+                f"{data_parallel_size(mesh)} data-parallel devices); grad_accum_iter {self.k}; "
+                f"{flops['total']:.3g} model FLOPs per sample",
+                flush=True,
+            )
 
         self.preemption.install()
         for cb in self.callbacks:
@@ -442,6 +438,3 @@ def deterministic_row(row: dict) -> dict:
         for k, v in row.items()
         if k not in TIMING_KEYS and not k.startswith("device") and not (isinstance(v, float) and math.isnan(v))
     }
-
-
-_ = jnp  # jnp is used by callers importing from here in tests
