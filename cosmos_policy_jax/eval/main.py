@@ -365,8 +365,10 @@ def _define_flags():
     )
     flags.DEFINE_string(
         "compilation_cache",
-        os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "xla"),
-        "Persistent XLA compilation cache directory ('' to disable); repeated evaluations skip recompiling",
+        os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "jax")
+        ),
+        "Persistent XLA compilation cache directory, shared with training ('' to disable)",
     )
 
 
