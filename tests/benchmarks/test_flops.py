@@ -71,11 +71,6 @@ def test_full_training_step_flops(bench):
     _check(bench["xla"]["full"], bench["analytic"]["full"], "full training step")
 
 
-@pytest.mark.xfail(
-    reason="flops.dit_train_flops is 3x forward, but the backward never computes the input gradient of the "
-    "cross-attention k/v projections (the text embedding is data) nor of the patch embedding: +14% at bench",
-    strict=False,
-)
 def test_dit_training_flops(bench):
     # XLA's full step minus its VAE encode: the DiT forward, backward, loss and optimizer.
     _check(bench["xla"]["full"] - bench["xla"]["vae"], bench["analytic"]["dit_train"], "DiT training step")
