@@ -25,7 +25,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-ONEDNN_FLAG = "--xla_cpu_experimental_onednn_custom_call=true"
+from cosmos_policy_jax import xla_env  # noqa: E402
+
+ONEDNN_FLAG = xla_env.ONEDNN_FLAG
+
+
+def apply_project_xla_defaults() -> None:
+    """What ``train``/``eval`` do before JAX starts (oneDNN on CPU unless COSMOS_POLICY_CPU_ONEDNN=0)."""
+    xla_env.enable_cpu_onednn()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -405,4 +405,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    common.apply_project_xla_defaults()
     app.run(main)

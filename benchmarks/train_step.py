@@ -3,7 +3,7 @@ r"""Training-step benchmark: compile time, step time, samples/s, model FLOPs, TF
     python benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --json
     python benchmarks/train_step.py --config=configs/cosmos_policy.py:libero,synthetic \
         --config.dataloader_train.batch_size=8 --config.checkpoint.load_path= --mesh=1,-1,1 --json
-    XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true python benchmarks/train_step.py --json
+    COSMOS_POLICY_CPU_ONEDNN=0 python benchmarks/train_step.py --json   # XLA's default CPU kernels, no oneDNN
 
 ``--config`` and its ``--config.x=y`` overrides work exactly as in the trainer. Three programs are
 timed on one fixed global batch from the config's own pipeline (synthetic for ``bench``), each
@@ -16,7 +16,7 @@ waited for with ``block_until_ready``:
 * ``vae_encode_s``: the VAE encode of the batch alone.
 
 FLOPs are analytic (``training/flops.py``: matmuls, convolutions and attention products, 2 per
-multiply-add; DiT training = 3x forward; the frozen VAE encode forward only).
+multiply-add; DiT training = forward + backward; the frozen VAE encode forward only).
 ``model_flops_per_step`` is the full step's (DiT training + VAE encode) for the global batch;
 ``tflops_per_device`` and ``mfu`` follow from the median step time. The MFU denominator is
 ``--peak_tflops`` if given, else a ``--matmul_size`` square matmul measured on one device in the
@@ -217,4 +217,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    common.apply_project_xla_defaults()
     app.run(main)

@@ -2,7 +2,7 @@
 
     python benchmarks/vae_encode.py                                   # bench size (2,3,33,64,64), float32
     python benchmarks/vae_encode.py --size=224 --dtype=bfloat16 --json  # production size
-    XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true python benchmarks/vae_encode.py
+    COSMOS_POLICY_CPU_ONEDNN=0 python benchmarks/vae_encode.py        # XLA's default CPU kernels, no oneDNN
 
 Prints compile time and encode time (median/min/max) and, with ``--json``, one JSON line.
 The analytic FLOP count covers the convolutions and attention matmuls (2 FLOPs per MAC).
@@ -135,4 +135,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    common.apply_project_xla_defaults()
     main()

@@ -173,6 +173,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+    from cosmos_policy_jax import xla_env
+
+    xla_env.configure_process()  # before any backend starts; see xla_env for the measurements
     app.run(main, flags_parser=_parse_flags)
 
 

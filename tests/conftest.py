@@ -5,6 +5,10 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The CLI processes the tests start keep XLA's own CPU kernels, whose executables the shared
+# compilation cache can store (oneDNN ones cannot; see cosmos_policy_jax/xla_env.py). The default
+# (oneDNN on) is covered by tests/test_train_cli.py::test_cpu_training_uses_onednn_by_default.
+os.environ.setdefault("COSMOS_POLICY_CPU_ONEDNN", "0")
 
 import jax
 

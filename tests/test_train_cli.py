@@ -5,7 +5,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import yaml
+
+from cosmos_policy_jax.training.loop import deterministic_row, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,3 +78,26 @@ def test_wrong_type_and_bad_value_fail(tmp_path):
     )
     assert out.returncode != 0 and "dataloader_train.batch_size" in out.stderr
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_cpu_training_uses_onednn_by_default(tmp_path):
+    # The entry point's CPU default (cosmos_policy_jax/xla_env.py): oneDNN kernels, announced, no cache
+    # warnings, and still deterministic (two identical runs log identical rows, as exact resume needs).
+    env = {k: v for k, v in os.environ.items() if k not in ("COSMOS_POLICY_CPU_ONEDNN", "XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    rows = []
+    for run in range(2):
+        job = tmp_path / f"run{run}"
+        out = subprocess.run(
+            [
+                sys.executable, "-m", "cosmos_policy_jax.train", "--config=configs/cosmos_policy.py:tiny",
+                f"--config.job.path_local={job}", "--config.trainer.max_iter=3", "--config.trainer.logging_iter=1",
+            ],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "CPU kernels: oneDNN" in out.stdout, out.stdout[-2000:]
+        assert "Error writing persistent compilation cache" not in out.stderr
+        rows.append([deterministic_row(r) for r in read_metrics(str(job))])
+    assert len(rows[0]) == 3 and all(np.isfinite(r["loss"]) for r in rows[0])
+    assert rows[0] == rows[1]

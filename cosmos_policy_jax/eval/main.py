@@ -439,5 +439,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run() -> None:
     from absl import app
 
+    from cosmos_policy_jax import xla_env
+
+    xla_env.configure_process()  # before any backend starts, as in train
     _define_flags()
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)

@@ -20,7 +20,7 @@ compute dtype with compute-dtype arithmetic, as the reference does with its bf16
 
 Convolution kernels: ``conv_impl="auto"`` picks XLA's 3D convolution on GPU/TPU and on CPU when
 oneDNN custom calls are enabled (``XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true``:
-~200-280 GFLOP/s here), and otherwise, on CPU, a sum of three 2D convolutions over time-shifted
+~200-280 GFLOP/s here; ``train``/``eval`` set it on CPU, see ``xla_env``), and otherwise, on CPU, a sum of three 2D convolutions over time-shifted
 frames with time folded into the batch (~2x faster than XLA's default CPU 3D convolution).
 Both are the same math up to float32 summation order.
 """
@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cosmos_policy_jax import xla_env
+
 # Per-channel statistics of Wan2.1 posterior means (REFERENCE.md 3.1); encode returns (mu - mean) / std.
 LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -50,7 +52,6 @@ LATENT_STD: tuple[float, ...] = (
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 CONV_IMPLS = ("auto", "conv3d", "taps")
-_ONEDNN_FLAG = "--xla_cpu_experimental_onednn_custom_call=true"
 _DTYPES = ("float32", "bfloat16", "float16")
 _RMS_EPS = 1e-12  # torch F.normalize clamps the L2 norm at this value
 
@@ -147,7 +148,7 @@ def resolve_conv_impl(impl: str) -> str:
         return impl
     if jax.default_backend() != "cpu":
         return "conv3d"
-    return "conv3d" if _ONEDNN_FLAG in os.environ.get("XLA_FLAGS", "") else "taps"
+    return "conv3d" if xla_env.ONEDNN_FLAG in os.environ.get("XLA_FLAGS", "") else "taps"
 
 
 def rms_norm_channels(x: jax.Array, gamma: jax.Array) -> jax.Array:

@@ -26,7 +26,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cosmos_policy_jax import config_lib
+from cosmos_policy_jax import config_lib, xla_env
 from cosmos_policy_jax.convert.core import WeightImportError
 from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 from cosmos_policy_jax.data.errors import DataError
@@ -277,7 +277,8 @@ class Trainer:
             print(
                 f"[cosmos_policy_jax] mesh {dict(mesh.shape)}; global batch {gbs} ({gbs // dp_procs} per process, "
                 f"{data_parallel_size(mesh)} data-parallel devices); grad_accum_iter {self.k}; "
-                f"{flops['total']:.3g} model FLOPs per sample",
+                f"{flops['total']:.3g} model FLOPs per sample"
+                + (f"; {note}" if (note := xla_env.cpu_kernels_note(jax.default_backend())) else ""),
                 flush=True,
             )
 

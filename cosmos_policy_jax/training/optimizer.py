@@ -5,9 +5,17 @@ non-finite micro-batches dropped by ``should_skip_update_fn`` *before* they reac
 (composing it the other way round, ``MultiSteps(apply_if_finite(...))``, would keep a NaN in the
 accumulator forever). Weight decay applies to every parameter, norm gains included, as in the
 reference's single parameter group.
+
+Without accumulation (``grad_accum_iter=1``, the production configs) ``MultiSteps`` is replaced
+by ``skip_nonfinite``: the same update and skip rule, but no accumulator (4 bytes per parameter:
+~7.8 GB for the 2B model) and no full-size selects, which made the optimizer update 2.4x slower
+on CPU (bench: 0.109 s vs 0.045 s). Both states expose ``gradient_step`` (optimizer steps
+applied), which is all the trainer reads.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +29,38 @@ def make_schedule(config) -> optax.Schedule:
     return lambda_linear_schedule(config.optimizer.lr, config.scheduler)
 
 
-def make_optimizer(config) -> tuple[optax.MultiSteps, optax.Schedule]:
+class SingleStepState(NamedTuple):
+    inner_opt_state: Any
+    gradient_step: jax.Array  # optimizer steps applied (non-finite updates are not counted)
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` applied only when every gradient is finite; otherwise zero updates, state unchanged.
+
+    ``lax.cond`` runs one branch, so a finite step costs ``inner`` plus one finiteness reduction.
+    """
+
+    def init(params):
+        return SingleStepState(inner.init(params), jnp.zeros([], jnp.int32))
+
+    def update(updates, state: SingleStepState, params=None):
+        finite = all_finite(updates)
+
+        def apply(operand):
+            g, s = operand
+            new_updates, inner_state = inner.update(g, s.inner_opt_state, params)
+            return new_updates, SingleStepState(inner_state, s.gradient_step + 1)
+
+        def skip(operand):
+            g, s = operand
+            return jax.tree.map(jnp.zeros_like, g), s
+
+        return jax.lax.cond(finite, apply, skip, (updates, state))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(transformation, lr schedule) for ``config.optimizer`` / ``scheduler`` / ``trainer.grad_accum_iter``."""
     o = config.optimizer
     schedule = make_schedule(config)
@@ -29,6 +68,8 @@ def make_optimizer(config) -> tuple[optax.MultiSteps, optax.Schedule]:
         optax.clip_by_global_norm(o.clip_norm),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
     )
+    if int(config.trainer.grad_accum_iter) == 1:
+        return skip_nonfinite(inner), schedule
     tx = optax.MultiSteps(
         inner,
         every_k_schedule=int(config.trainer.grad_accum_iter),
@@ -37,7 +78,7 @@ def make_optimizer(config) -> tuple[optax.MultiSteps, optax.Schedule]:
     return tx, schedule
 
 
-def optimizer_step_count(opt_state: optax.MultiStepsState) -> jax.Array:
+def optimizer_step_count(opt_state: optax.MultiStepsState | SingleStepState) -> jax.Array:
     """Number of optimizer (not micro) steps applied so far."""
     return opt_state.gradient_step
 

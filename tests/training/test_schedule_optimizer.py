@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import cosmos_policy
@@ -78,6 +79,43 @@ def test_nan_step_leaves_state_unchanged_without_accumulation():
     assert np.all(np.asarray(upd["w"]) == 0)
     for a, b in zip(jax.tree.leaves(before.inner_opt_state), jax.tree.leaves(after.inner_opt_state)):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_single_step_optimizer_matches_multisteps_k1():
+    # grad_accum_iter=1 uses skip_nonfinite(inner) instead of MultiSteps: same updates, finite or not,
+    # and no gradient accumulator in the state.
+    tx = _tiny_tx(1)
+    assert isinstance(tx.init({"w": jnp.ones(3)}), opt_lib.SingleStepState)
+    c = cosmos_policy.get_config("tiny")
+    c.optimizer.lr = 1e-2
+    c.scheduler.warm_up_steps = (0, 0)
+    inner = optax.chain(
+        optax.clip_by_global_norm(c.optimizer.clip_norm),
+        optax.adamw(
+            opt_lib.make_schedule(c),
+            b1=c.optimizer.b1,
+            b2=c.optimizer.b2,
+            eps=c.optimizer.eps,
+            weight_decay=c.optimizer.weight_decay,
+        ),
+    )
+    ref = optax.MultiSteps(inner, every_k_schedule=1, should_skip_update_fn=optax.skip_not_finite)
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5]), "b": jnp.asarray([[0.3, 0.1]])}
+    rng = np.random.default_rng(0)
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(5)]
+    grads[2] = {"w": grads[2]["w"].at[1].set(jnp.nan), "b": grads[2]["b"]}
+    p1, s1, p2, s2 = params, tx.init(params), params, ref.init(params)
+    update1, update2 = jax.jit(tx.update), jax.jit(ref.update)
+    for g in grads:
+        u1, s1 = update1(g, s1, p1)
+        u2, s2 = update2(g, s2, p2)
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+        assert int(s1.gradient_step) == int(s2.gradient_step)
+    assert int(s1.gradient_step) == 4
+    for a, b in zip(jax.tree.leaves(s1.inner_opt_state), jax.tree.leaves(s2.inner_opt_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
 
 
 def test_adamw_matches_reference_update_rule():
