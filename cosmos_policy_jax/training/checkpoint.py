@@ -32,6 +32,8 @@ from absl import logging
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
+from cosmos_policy_jax.training import optimizer as opt_lib
+
 STATE = "state"
 DATA = "data_iter"
 CONFIG = "config"
@@ -273,8 +275,41 @@ class Checkpointer:
         )
         return data
 
+    def _saved_form(self, iteration: int, abstract_state: Any) -> tuple[Any, Any]:
+        """(abstract state as saved, convert to ``abstract_state``'s form).
+
+        The forms differ only when the checkpoint was written with the other optimizer-state form
+        (``grad_accum_iter`` 1 vs > 1, see ``optimizer.adapt_accumulation_form``).
+        """
+        opt_state = getattr(abstract_state, "opt_state", None)
+        if opt_state is None:
+            return abstract_state, lambda state: state
+        saved = set(_flat_arrays(self.manager.item_metadata(iteration)[STATE]))
+        adapted = opt_lib.adapt_accumulation_form(
+            opt_state, abstract_state.params, opt_lib.saved_has_accumulator(saved)
+        )
+        if adapted is None:
+            return abstract_state, lambda state: state
+        saved_opt_state, convert = adapted
+
+        def convert_state(state: Any) -> Any:
+            logging.warning(
+                "checkpoint %d: optimizer state written with another trainer.grad_accum_iter form; converted",
+                iteration,
+            )
+            return state.replace(opt_state=convert(state.opt_state))
+
+        return abstract_state.replace(opt_state=saved_opt_state), convert_state
+
     def restore(self, iteration: int, abstract_state: Any, *, verify: bool = True) -> tuple[Any, bytes]:
         """(state, data-iterator state) of ``iteration``; ``verify`` (a collective) checks the fingerprint."""
+        saved_form, convert = self._saved_form(iteration, abstract_state)
+        state, data = self._restore_as_saved(iteration, saved_form)
+        if verify:
+            self.verify(iteration, state)
+        return convert(state), data
+
+    def _restore_as_saved(self, iteration: int, abstract_state: Any) -> tuple[Any, bytes]:
         self.check_compatible(iteration, abstract_state)
         holder = DataIterState()
         own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -283,8 +318,6 @@ class Checkpointer:
         if own:
             items[DATA] = grain_checkpoint.CheckpointRestore(holder)
         restored = self.manager.restore(iteration, args=ocp.args.Composite(**items))
-        if verify:
-            self.verify(iteration, restored[STATE])
         data = holder.state if own else self._data_state_of_other_layout(iteration)
         json.loads(data)  # the data-iterator state must at least parse (a damaged file raises here)
         return restored[STATE], data
@@ -318,15 +351,17 @@ class Checkpointer:
         for iteration in reversed(self.steps()):
             error: Exception | None = None
             got = None
+            convert = None
             try:
-                self.check_compatible(iteration, abstract_state)
+                saved_form, convert = self._saved_form(iteration, abstract_state)
+                self.check_compatible(iteration, saved_form)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # unreadable metadata: a damaged checkpoint
                 error = e
             if error is None:
                 try:
-                    got = self.restore(iteration, abstract_state, verify=False)
+                    got = self._restore_as_saved(iteration, saved_form)
                 except Exception as e:  # any failure to read a finalised checkpoint marks it bad
                     error = e
             # The fingerprint check is a collective: only once every process has read the checkpoint.
@@ -338,7 +373,7 @@ class Checkpointer:
             if _all_processes_ok(error is None):
                 for bad, bad_error in failed:
                     self._quarantine(bad, bad_error)
-                return iteration, *got
+                return iteration, convert(got[0]), got[1]
             error = error or RuntimeError("unreadable on another process")
             msg = f"checkpoint {self.step_dir(iteration)} is unreadable ({type(error).__name__}: {_first_line(error)[:200]})"
             logging.warning("%s; trying the previous checkpoint", msg)

@@ -116,3 +116,61 @@ def update_loss_scale(
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+# --- resuming across a change of grad_accum_iter (1 <-> k > 1) ----------------------------------
+
+
+def saved_has_accumulator(saved_keys: set[str]) -> bool:
+    """Whether a checkpoint's flat array keys (``opt_state.acc_grads...``) hold a MultiSteps state."""
+    return any(k.startswith("opt_state.acc_grads.") or k == "opt_state.mini_step" for k in saved_keys)
+
+
+def adapt_accumulation_form(abstract_opt_state: Any, abstract_params: Any, saved_accumulator: bool):
+    """``(abstract opt state in the saved form, convert)`` when a checkpoint was written with the other
+    accumulation setting, else None.
+
+    ``grad_accum_iter=1`` keeps a ``SingleStepState`` and ``k > 1`` a ``MultiStepsState``: the same
+    AdamW moments and step count, plus an accumulator. Checkpoints are written at optimizer-step
+    boundaries, where the accumulator is empty, so the moments carry over exactly either way;
+    ``convert`` maps the restored state to the running configuration's form.
+    """
+    if isinstance(abstract_opt_state, SingleStepState) and saved_accumulator:
+        scalar_sharding = getattr(abstract_opt_state.gradient_step, "sharding", None)
+
+        def scalar(x):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=scalar_sharding)
+
+        template = jax.eval_shape(
+            optax.MultiSteps(optax.identity(), 2, should_skip_update_fn=optax.skip_not_finite).init, abstract_params
+        )
+        saved_form = optax.MultiStepsState(
+            mini_step=scalar(template.mini_step),
+            gradient_step=abstract_opt_state.gradient_step,
+            inner_opt_state=abstract_opt_state.inner_opt_state,
+            acc_grads=abstract_params,
+            skip_state=jax.tree.map(scalar, template.skip_state),
+        )
+
+        def to_single(restored: optax.MultiStepsState) -> SingleStepState:
+            return SingleStepState(restored.inner_opt_state, restored.gradient_step)
+
+        return saved_form, to_single
+    if isinstance(abstract_opt_state, optax.MultiStepsState) and not saved_accumulator:
+        saved_form = SingleStepState(abstract_opt_state.inner_opt_state, abstract_opt_state.gradient_step)
+
+        def zeros(a):
+            return jnp.zeros(a.shape, a.dtype, device=getattr(a, "sharding", None))
+
+        def to_multi(restored: SingleStepState) -> optax.MultiStepsState:
+            target = abstract_opt_state
+            return optax.MultiStepsState(
+                mini_step=zeros(target.mini_step),
+                gradient_step=restored.gradient_step,
+                inner_opt_state=restored.inner_opt_state,
+                acc_grads=jax.tree.map(zeros, target.acc_grads),
+                skip_state=jax.tree.map(zeros, target.skip_state),
+            )
+
+        return saved_form, to_multi
+    return None
