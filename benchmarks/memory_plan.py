@@ -21,8 +21,6 @@ them (nor any batched matmul) and is the closer proxy for the GPU step with ``do
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import os
 import sys
@@ -44,55 +42,12 @@ _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "compute dtype of the net, the
 _CONV = flags.DEFINE_string("conv_impl", "conv3d", "model.tokenizer.conv_impl (conv3d = the GPU kernel)")
 _ATTN = flags.DEFINE_string("attention_impl", "xla", "model.net.attention_impl (cudnn cannot compile on CPU)")
 _PARTS = flags.DEFINE_list("parts", ["step"], "step (full micro-step), vae (encode alone), dit (DiT step alone)")
-_CONSTRAIN = flags.DEFINE_list(
-    "constrain_activations",
-    ["off"],
-    "off/on: 'on' pins the DiT activations' batch axis to (data, fsdp) at every Dense and block boundary "
-    "(a what-if of the proposed model change, applied by patching; see activation_constraints)",
-)
 _GPUS = flags.DEFINE_list("gpu_gib", ["80", "141"], "GPU memory sizes (GB as sold) to compare with")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON line")
 
 # Usable fraction of a GPU's memory for XLA buffers: allocator slack, CUDA context, cuDNN/NCCL
 # workspaces (needs XLA_PYTHON_CLIENT_MEM_FRACTION=0.95; JAX's default preallocation is 0.75).
 USABLE_FRACTION = 0.92
-
-
-@contextlib.contextmanager
-def activation_constraints(enabled: bool):
-    """Patch ``layers.Dense`` and ``dit.Block`` so inputs and outputs keep the batch axis on (data, fsdp).
-
-    Without such constraints GSPMD may resolve an FSDP matmul (batch sharded on fsdp, weight rows
-    sharded on fsdp) by gathering the activations instead of the weights, so every device holds
-    activations of the whole global batch. The other axes stay unconstrained (tensor parallelism).
-    """
-    if not enabled:
-        yield
-        return
-    import jax
-    from jax.sharding import PartitionSpec
-
-    from cosmos_policy_jax.models import dit, layers
-    from cosmos_policy_jax.parallel.rules import BATCH_AXES
-
-    def pin(y):
-        return jax.lax.with_sharding_constraint(
-            y, PartitionSpec(BATCH_AXES, *([PartitionSpec.UNCONSTRAINED] * (y.ndim - 1)))
-        )
-
-    dense_call, block_call = layers.Dense.__call__, dit.Block.__call__
-
-    def dense(self, x):
-        return pin(dense_call(self, pin(x)))
-
-    def block(self, x, *args):
-        return pin(block_call(self, pin(x), *args))
-
-    layers.Dense.__call__, dit.Block.__call__ = dense, block
-    try:
-        yield
-    finally:
-        layers.Dense.__call__, dit.Block.__call__ = dense_call, block_call
 
 
 def build_config(mesh: tuple[int, int, int], remat: str, batch_steps: int):
@@ -107,7 +62,6 @@ def build_config(mesh: tuple[int, int, int], remat: str, batch_steps: int):
     c.model.precision = c.model.net.dtype = c.model.tokenizer.dtype = _DTYPE.value
     if _BLOCKS.value:
         c.model.net.num_blocks = _BLOCKS.value
-    # Not (yet) keys of the shipped config: added here; WanVAEConfig.from_config reads them.
     c.model.tokenizer.batch_steps = batch_steps
     c.model.tokenizer.conv_impl = _CONV.value
     c.checkpoint.load_path = ""
@@ -115,7 +69,7 @@ def build_config(mesh: tuple[int, int, int], remat: str, batch_steps: int):
     return c
 
 
-def plan_one(mesh_sizes, remat: str, batch_steps: int, parts, constrain: bool) -> dict:
+def plan_one(mesh_sizes, remat: str, batch_steps: int, parts) -> dict:
     import jax
 
     from cosmos_policy_jax.parallel.mesh import make_mesh
@@ -130,9 +84,8 @@ def plan_one(mesh_sizes, remat: str, batch_steps: int, parts, constrain: bool) -
         "batch_per_device": _BATCH.value,
         "global_batch": b.global_batch,
         "num_blocks": int(config.model.net.num_blocks),
-        "constrain_activations": constrain,
     }
-    with jax.set_mesh(mesh), activation_constraints(constrain):
+    with jax.set_mesh(mesh):
         if "step" in parts:
             compiled, secs = common.compile_timed(common.jit_full_step(b), b.state, b.batch, b.vae, b.rest)
             row["step"] = {"compile_s": round(secs, 1), **(common.memory_analysis(compiled) or {})}
@@ -167,10 +120,8 @@ def main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     for mesh in meshes:
         for remat in _REMAT.value:
-            for steps, constrain in itertools.product(
-                (int(s) for s in _BATCH_STEPS.value), (c == "on" for c in _CONSTRAIN.value)
-            ):
-                row = plan_one(mesh, remat, steps, parts, constrain)
+            for steps in (int(s) for s in _BATCH_STEPS.value):
+                row = plan_one(mesh, remat, steps, parts)
                 for part in ("step", "vae", "dit"):
                     if part in row and "total_bytes" in row[part]:
                         row[part].update(verdict(row[part]["total_bytes"], gpus))
@@ -195,8 +146,7 @@ def main(argv: list[str]) -> None:
 def format_row(row: dict) -> str:
     head = (
         f"mesh {row['mesh']} remat={row['remat_policy']} vae batch_steps={row['vae_batch_steps']} "
-        f"batch {row['batch_per_device']}/device ({row['global_batch']} global), {row['num_blocks']} blocks, "
-        f"activation constraints {'on' if row['constrain_activations'] else 'off'}"
+        f"batch {row['batch_per_device']}/device ({row['global_batch']} global), {row['num_blocks']} blocks"
     )
     lines = [head]
     for part in ("step", "vae", "dit"):

@@ -113,6 +113,10 @@ def _tokenizer_wan21() -> config_dict.ConfigDict:
             load_path="",
             spatial_compression=8,
             temporal_compression=4,
+            # 3x3x3 kernel: auto = XLA's conv3d on GPU and with oneDNN on CPU, else time-shifted 2D convs.
+            conv_impl="auto",
+            # Sequential passes over the batch in encode/decode: trades speed for activation memory.
+            batch_steps=1,
         )
     )
 

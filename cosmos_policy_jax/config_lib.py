@@ -192,6 +192,11 @@ def validate(
     tok = m.tokenizer
     need(tok.dtype in DTYPES, "model.tokenizer.dtype", f"must be one of {DTYPES}, got {tok.dtype!r}")
     need(tok.z_dim == m.state_ch, "model.tokenizer.z_dim", f"must equal model.state_ch={m.state_ch}")
+    conv_impls = ("auto", "conv3d", "taps")
+    need(
+        tok.conv_impl in conv_impls, "model.tokenizer.conv_impl", f"must be one of {conv_impls}, got {tok.conv_impl!r}"
+    )
+    need(int(tok.batch_steps) >= 1, "model.tokenizer.batch_steps", f"must be >= 1, got {tok.batch_steps}")
     need(
         len(tok.temperal_downsample) == len(tok.dim_mult) - 1,
         "model.tokenizer.temperal_downsample",

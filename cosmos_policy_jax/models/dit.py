@@ -395,11 +395,11 @@ class Block(nnx.Module):
         def grid(y):
             return y.reshape(b, t, h, w, d)
 
-        x = x_B_T_H_W_D
+        x = layers.constrain_batch(x_B_T_H_W_D)
         x = x + g1 * grid(self.self_attn(tokens(_modulate(x, sh1, sc1)), None, rope))
         x = x + g2 * grid(self.cross_attn(tokens(_modulate(x, sh2, sc2)), context_B_M_C))
         x = x + g3 * self.mlp(_modulate(x, sh3, sc3))
-        return x
+        return layers.constrain_batch(x)
 
 
 class TimestepEmbedding(nnx.Module):

@@ -12,11 +12,15 @@ CPU tools); sharded placement comes from the logical names through ``nnx.get_abs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
+
+from cosmos_policy_jax.parallel.rules import BATCH_AXES
 
 Axes = tuple[str | None, ...]
 
@@ -38,6 +42,29 @@ def zeros_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.A
 def ones_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     del key
     return jnp.ones(shape, dtype)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Shard an activation's leading (batch) axis over the batch mesh axes, replicate the rest.
+
+    Used on the DiT's residual stream at every block boundary. Without it GSPMD may resolve an FSDP
+    matmul (activations batch-sharded over ``fsdp``, weight rows sharded over ``fsdp``) by gathering
+    the activations of the whole global batch on every device instead of gathering the weights:
+    162 GiB of temporaries per device for the 2B ``libero`` step at fsdp=8 with 30 samples per
+    device, 36 GiB with the constraint (``benchmarks/memory_plan.py``). The other axes are
+    replicated, as the residual stream is in Megatron without sequence parallelism; leaving them
+    ``UNCONSTRAINED`` instead gave wrong attention gradients on a (data 1, fsdp 2, tensor 4) mesh
+    with jax 0.12 (tests/training/test_step.py::test_same_step_on_three_meshes caught it). A no-op
+    without a mesh (tests, CPU tools) or when the batch does not divide (e.g. one eval sample).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or x.ndim == 0:
+        return x
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    spec = PartitionSpec(axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 class Dense(nnx.Module):
