@@ -34,7 +34,7 @@ from absl import app, flags
 _CONFIG_ARG = flags.DEFINE_string("config_arg", "libero,synthetic", "configs/cosmos_policy.py argument")
 _DEVICES = flags.DEFINE_integer("devices", 8, "fake CPU devices (jax_num_cpu_devices)")
 _MESHES = flags.DEFINE_string("meshes", "1,8,1;2,4,1", "';'-separated data,fsdp,tensor meshes")
-_REMAT = flags.DEFINE_list("remat", ["dots_saveable", "full"], "model.net.remat_policy values")
+_REMAT = flags.DEFINE_list("remat", ["attention_saveable", "full"], "model.net.remat_policy values")
 _BATCH_STEPS = flags.DEFINE_list("batch_steps", ["1", "6"], "model.tokenizer.batch_steps values")
 _BATCH = flags.DEFINE_integer("batch_per_device", 30, "dataloader_train.batch_size (per data-parallel device)")
 _BLOCKS = flags.DEFINE_integer("num_blocks", 0, "override model.net.num_blocks (0: the config's, 28)")

@@ -93,7 +93,11 @@ def _net_2b() -> config_dict.ConfigDict:
             dtype="bfloat16",  # compute dtype; parameters stay float32 (optimizer master weights)
             param_dtype="float32",
             attention_impl="auto",  # auto | xla | cudnn
-            remat_policy="dots_saveable",  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+            # none | full | attention_saveable | dots_saveable | dots_with_no_batch_dims_saveable.
+            # attention_saveable (attention outputs kept, the rest recomputed, like the reference's
+            # selective checkpointing) with tokenizer.batch_steps=6 plans 46 GiB per device for
+            # batch 30 at fsdp=8; dots_saveable does not fit 141 GB (docs/benchmarks.md).
+            remat_policy="attention_saveable",
             scan_layers=True,
         )
     )
@@ -115,8 +119,9 @@ def _tokenizer_wan21() -> config_dict.ConfigDict:
             temporal_compression=4,
             # 3x3x3 kernel: auto = XLA's conv3d on GPU and with oneDNN on CPU, else time-shifted 2D convs.
             conv_impl="auto",
-            # Sequential passes over the batch in encode/decode: trades speed for activation memory.
-            batch_steps=1,
+            # Sequential passes over the batch in encode/decode: bounds activation memory (the
+            # 30-clip 224 px encode alone needs ~25 GiB more per device in one pass).
+            batch_steps=6,
         )
     )
 
@@ -358,6 +363,7 @@ def _shrink_to_tiny(c: config_dict.ConfigDict) -> None:
     t = c.model.tokenizer
     t.dim = 8
     t.load_path = ""
+    t.batch_steps = 1  # small activations: one pass is fastest
     for dl in (c.dataloader_train, c.dataloader_val):
         dl.dataset.final_image_size = 32
         dl.dataset.text_len = 16
@@ -457,6 +463,7 @@ def _bench() -> config_dict.ConfigDict:
     c.model.tokenizer.dim = 96
     c.model.tokenizer.num_res_blocks = 2
     c.model.tokenizer.load_path = ""
+    c.model.tokenizer.batch_steps = 1  # one pass over the batch of 2, as the figures were measured
     for dl in (c.dataloader_train, c.dataloader_val):
         dl.dataset.kind = "synthetic"
         dl.dataset.final_image_size = 64

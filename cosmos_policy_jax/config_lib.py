@@ -20,7 +20,8 @@ from ml_collections import config_dict
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+CONV_IMPLS = ("auto", "conv3d", "taps")  # model.tokenizer.conv_impl (models/vae.py)
+REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic")
 DEFAULT_OUTPUT_ROOT = "outputs"
 _ENV_PATTERN = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")

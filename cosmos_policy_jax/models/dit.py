@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from cosmos_policy_jax.config_lib import REMAT_POLICIES
 from cosmos_policy_jax.models import layers
 
-_REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # Constructor arguments of the reference network that this port does not need. Each maps to a
@@ -97,8 +98,8 @@ class DiTConfig:
             bad("param_dtype", f"choose one of {sorted(_DTYPES)}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             bad("attention_impl", "choose auto, xla or cudnn")
-        if self.remat_policy not in _REMAT_POLICIES:
-            bad("remat_policy", f"choose one of {', '.join(_REMAT_POLICIES)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            bad("remat_policy", f"choose one of {', '.join(REMAT_POLICIES)}")
         if self.patch_spatial <= 0 or self.patch_temporal <= 0:
             bad("patch_spatial", "patch sizes must be positive")
 
@@ -280,6 +281,8 @@ def remat_policy(name: str):
     """``jax.checkpoint`` policy for ``model.net.remat_policy`` (None: save nothing; "none" is handled by the caller)."""
     if name == "full":
         return None
+    if name == "attention_saveable":
+        return jax.checkpoint_policies.save_only_these_names("attention_out")
     if name == "dots_saveable":
         return jax.checkpoint_policies.dots_saveable
     if name == "dots_with_no_batch_dims_saveable":
@@ -336,7 +339,10 @@ class Attention(nnx.Module):
         if self.is_self_attn and rope is not None:
             cos, sin = rope
             q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-        out = layers.attention(q, k, v, self.implementation)
+        # Named for the "attention_saveable" remat policy: the backward pass then recomputes the
+        # projections and the MLP but not the attention itself (what the reference's selective
+        # checkpointing keeps, REFERENCE.md 8).
+        out = checkpoint_name(layers.attention(q, k, v, self.implementation), "attention_out")
         return self.output_proj(out.reshape(b, length, self.num_heads * self.head_dim))
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from cosmos_policy_jax import xla_env
+from cosmos_policy_jax.config_lib import CONV_IMPLS
 
 # Per-channel statistics of Wan2.1 posterior means (REFERENCE.md 3.1); encode returns (mu - mean) / std.
 LATENT_MEAN: tuple[float, ...] = (
@@ -51,7 +52,6 @@ LATENT_STD: tuple[float, ...] = (
 
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
-CONV_IMPLS = ("auto", "conv3d", "taps")
 _DTYPES = ("float32", "bfloat16", "float16")
 _RMS_EPS = 1e-12  # torch F.normalize clamps the L2 norm at this value
 
@@ -76,7 +76,8 @@ class WanVAEConfig:
     ``lax.map``) to bound activation memory: one 33x224x224 clip needs ~2.3 GB of bf16 temporaries
     in one full-sequence pass. Pass ``j`` takes samples ``j, j + s, j + 2s, ...``, so a batch
     sharded in contiguous blocks stays evenly spread over the devices when ``s`` divides the
-    per-device batch. Same math as one pass (equal up to float summation order).
+    per-device batch. Same math as one pass (equal up to float summation order). A batch that
+    ``s`` does not divide takes the largest divisor of the batch below ``s`` as its pass count.
     """
 
     dim: int = 96
@@ -556,11 +557,12 @@ class WanVAE(nnx.Module):
 
     def _map_batch(self, fn, x: jax.Array) -> jax.Array:
         """``fn`` over the batch in ``cfg.batch_steps`` sequential passes (see ``WanVAEConfig``)."""
-        steps, b = int(self.cfg.batch_steps), x.shape[0]
-        if steps == 1 or b == 1:
+        b = x.shape[0]
+        # A batch that batch_steps does not divide (e.g. 8 evaluation environments with the training
+        # setting 6) takes the largest number of passes <= batch_steps that divides it.
+        steps = max(d for d in range(1, min(int(self.cfg.batch_steps), b) + 1) if b % d == 0)
+        if steps == 1:
             return fn(x)
-        if b % steps:
-            raise ValueError(f"model.tokenizer.batch_steps={steps} must divide the batch size {b}")
         xs = jnp.swapaxes(x.reshape(b // steps, steps, *x.shape[1:]), 0, 1)
         ys = jax.lax.map(fn, xs)
         return jnp.swapaxes(ys, 0, 1).reshape(b, *ys.shape[2:])

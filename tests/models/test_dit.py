@@ -239,6 +239,7 @@ def _loss_and_grads(cfg: DiTConfig, args) -> tuple[float, list]:
 @pytest.mark.parametrize(
     "policy",
     [
+        "attention_saveable",  # the libero default
         "dots_saveable",
         pytest.param("full", marks=pytest.mark.slow),
         pytest.param("dots_with_no_batch_dims_saveable", marks=pytest.mark.slow),

@@ -243,9 +243,13 @@ def test_jit_with_sharded_batch_equals_unsharded(mesh_shape, batch, steps):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_steps_must_divide_batch():
-    with pytest.raises(ValueError, match="batch_steps=3"):
-        _model(batch_steps=3).encode(_video((4, 3, 1, 16, 16)))
+def test_batch_steps_that_do_not_divide_the_batch_give_the_same_latents():
+    # 4 samples with batch_steps=3 run as 2 passes (the largest divisor <= 3); 5 samples as 1.
+    for batch in (4, 5):
+        video = _video((batch, 3, 1, 16, 16))
+        np.testing.assert_allclose(
+            np.asarray(_model(batch_steps=3).encode(video)), np.asarray(_model().encode(video)), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_production_width_encode_compiles_and_runs():
