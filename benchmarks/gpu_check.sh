@@ -84,11 +84,12 @@ LIBERO=(--config=configs/cosmos_policy.py:libero,synthetic --config.checkpoint.l
 
 # 1. The fixed bench config (fp32), comparable with the CPU figures.
 run bench_step 90 benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --steps=10 --warmup=3 --json
-# 2. The 2B libero step, bf16, remat dots_saveable, one GPU (no FSDP): batch 8, then 16.
+# 2. The 2B libero step, bf16, the config's remat (attention_saveable) and VAE passes, one GPU
+#    (no FSDP): batch 8, then 16.
 run libero_b8 130 benchmarks/train_step.py "${LIBERO[@]}" --config.dataloader_train.batch_size=8 \
-  --config.model.net.remat_policy=dots_saveable --steps=5 --warmup=2 --json
+  --steps=5 --warmup=2 --json
 run libero_b16 130 benchmarks/train_step.py "${LIBERO[@]}" --config.dataloader_train.batch_size=16 \
-  --config.model.net.remat_policy=dots_saveable --steps=5 --warmup=2 --parts=full --json
+  --steps=5 --warmup=2 --parts=full --json
 # 3. The VAE encode at production size (30 videos of 33 x 224 x 224, bf16, 6 passes of 5).
 run vae224 60 benchmarks/vae_encode.py --batch=30 --size=224 --dtype=bfloat16 --batch-steps=6 --repeats=5 --json
 # 4. One 2B action chunk (5 sampler steps) at 224 px.
