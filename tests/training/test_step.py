@@ -44,6 +44,7 @@ def test_same_step_on_three_meshes(shared_batches):
             np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-4, atol=1e-6, err_msg=str(k))
 
 
+@pytest.mark.slow
 def test_fsdp_step_keeps_activations_per_device():
     # fsdp=8 with 2 samples per device must need about the temporaries of one device with 2 samples,
     # not those of the global batch of 16 (GSPMD gathers activations unless the DiT pins the residual
