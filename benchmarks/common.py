@@ -27,12 +27,10 @@ import numpy as np  # noqa: E402
 
 from cosmos_policy_jax import xla_env  # noqa: E402
 
-ONEDNN_FLAG = xla_env.ONEDNN_FLAG
-
 
 def apply_project_xla_defaults() -> None:
     """What ``train``/``eval`` do before JAX starts (oneDNN on CPU unless COSMOS_POLICY_CPU_ONEDNN=0)."""
-    xla_env.enable_cpu_onednn()
+    xla_env.configure_process()
 
 
 # ---------------------------------------------------------------------------------------------------

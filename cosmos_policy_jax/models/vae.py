@@ -28,7 +28,6 @@ Both are the same math up to float32 summation order.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -149,7 +148,7 @@ def resolve_conv_impl(impl: str) -> str:
         return impl
     if jax.default_backend() != "cpu":
         return "conv3d"
-    return "conv3d" if xla_env.ONEDNN_FLAG in os.environ.get("XLA_FLAGS", "") else "taps"
+    return "conv3d" if xla_env.onednn_enabled() else "taps"
 
 
 def rms_norm_channels(x: jax.Array, gamma: jax.Array) -> jax.Array:

@@ -6,13 +6,12 @@ XLA's cost analysis counts a while-loop body once.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import pytest
 
 from benchmarks import common
 from configs.cosmos_policy import get_config
+from cosmos_policy_jax import xla_env
 from cosmos_policy_jax.parallel.mesh import make_mesh
 from cosmos_policy_jax.training import flops as flops_lib
 
@@ -20,7 +19,7 @@ TOLERANCE = 0.10
 
 # oneDNN custom calls (convolutions, matmuls) are opaque to XLA's cost analysis: nothing to compare then.
 pytestmark = pytest.mark.skipif(
-    common.ONEDNN_FLAG in os.environ.get("XLA_FLAGS", ""),
+    xla_env.onednn_enabled(),
     reason="XLA_FLAGS enables oneDNN custom calls, whose FLOPs XLA's cost analysis does not count",
 )
 
