@@ -213,13 +213,20 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def check_compatible(self, iteration: int, abstract_state: Any, *, prefix: str = "") -> None:
+    def _saved_arrays(self, iteration: int) -> dict[str, Any]:
+        return _flat_arrays(self.manager.item_metadata(iteration)[STATE])
+
+    def check_compatible(
+        self, iteration: int, abstract_state: Any, *, prefix: str = "", saved: dict[str, Any] | None = None
+    ) -> None:
         """Raise ``CheckpointMismatchError`` naming the arrays whose key, shape or dtype differ from the model.
 
-        ``prefix`` (e.g. ``"params"``) compares only that part of the saved state. Unreadable metadata
-        raises whatever orbax raises (that is corruption, not a mismatch).
+        ``prefix`` (e.g. ``"params"``) compares only that part of the saved state; ``saved`` is the
+        checkpoint's already-read array metadata. Unreadable metadata raises whatever orbax raises
+        (that is corruption, not a mismatch).
         """
-        saved = _flat_arrays(self.manager.item_metadata(iteration)[STATE])
+        if saved is None:
+            saved = self._saved_arrays(iteration)
         if prefix:
             saved = {k[len(prefix) + 1 :]: v for k, v in saved.items() if k.startswith(prefix + ".")}
         want = _flat_arrays(abstract_state)
@@ -276,21 +283,25 @@ class Checkpointer:
         return data
 
     def _saved_form(self, iteration: int, abstract_state: Any) -> tuple[Any, Any]:
-        """(abstract state as saved, convert to ``abstract_state``'s form).
+        """(abstract state as saved, convert to ``abstract_state``'s form), checked against the saved
+        metadata (``CheckpointMismatchError``).
 
         The forms differ only when the checkpoint was written with the other optimizer-state form
         (``grad_accum_iter`` 1 vs > 1, see ``optimizer.adapt_accumulation_form``).
         """
+        saved = self._saved_arrays(iteration)
         opt_state = getattr(abstract_state, "opt_state", None)
-        if opt_state is None:
-            return abstract_state, lambda state: state
-        saved = set(_flat_arrays(self.manager.item_metadata(iteration)[STATE]))
-        adapted = opt_lib.adapt_accumulation_form(
-            opt_state, abstract_state.params, opt_lib.saved_has_accumulator(saved)
-        )
+        adapted = None
+        if opt_state is not None:
+            adapted = opt_lib.adapt_accumulation_form(
+                opt_state, abstract_state.params, opt_lib.saved_has_accumulator(set(saved))
+            )
         if adapted is None:
+            self.check_compatible(iteration, abstract_state, saved=saved)
             return abstract_state, lambda state: state
         saved_opt_state, convert = adapted
+        saved_form = abstract_state.replace(opt_state=saved_opt_state)
+        self.check_compatible(iteration, saved_form, saved=saved)
 
         def convert_state(state: Any) -> Any:
             logging.warning(
@@ -299,7 +310,7 @@ class Checkpointer:
             )
             return state.replace(opt_state=convert(state.opt_state))
 
-        return abstract_state.replace(opt_state=saved_opt_state), convert_state
+        return saved_form, convert_state
 
     def restore(self, iteration: int, abstract_state: Any, *, verify: bool = True) -> tuple[Any, bytes]:
         """(state, data-iterator state) of ``iteration``; ``verify`` (a collective) checks the fingerprint."""
@@ -310,7 +321,7 @@ class Checkpointer:
         return convert(state), data
 
     def _restore_as_saved(self, iteration: int, abstract_state: Any) -> tuple[Any, bytes]:
-        self.check_compatible(iteration, abstract_state)
+        """Restore with ``abstract_state`` as it is on disk (``_saved_form`` has checked it)."""
         holder = DataIterState()
         own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         own = os.path.exists(os.path.join(self.step_dir(iteration), DATA, own_file))
@@ -354,7 +365,6 @@ class Checkpointer:
             convert = None
             try:
                 saved_form, convert = self._saved_form(iteration, abstract_state)
-                self.check_compatible(iteration, saved_form)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # unreadable metadata: a damaged checkpoint

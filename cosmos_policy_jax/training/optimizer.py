@@ -68,14 +68,13 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         optax.clip_by_global_norm(o.clip_norm),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
     )
-    if int(config.trainer.grad_accum_iter) == 1:
-        return skip_nonfinite(inner), schedule
-    tx = optax.MultiSteps(
-        inner,
-        every_k_schedule=int(config.trainer.grad_accum_iter),
-        should_skip_update_fn=optax.skip_not_finite,
-    )
-    return tx, schedule
+    k = int(config.trainer.grad_accum_iter)
+    return (skip_nonfinite(inner) if k == 1 else accumulate(inner, k)), schedule
+
+
+def accumulate(inner: optax.GradientTransformation, k: int) -> optax.MultiSteps:
+    """``inner`` every ``k`` micro-steps; non-finite micro-batches are dropped before the accumulator."""
+    return optax.MultiSteps(inner, every_k_schedule=k, should_skip_update_fn=optax.skip_not_finite)
 
 
 def optimizer_step_count(opt_state: optax.MultiStepsState | SingleStepState) -> jax.Array:
@@ -141,9 +140,7 @@ def adapt_accumulation_form(abstract_opt_state: Any, abstract_params: Any, saved
         def scalar(x):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=scalar_sharding)
 
-        template = jax.eval_shape(
-            optax.MultiSteps(optax.identity(), 2, should_skip_update_fn=optax.skip_not_finite).init, abstract_params
-        )
+        template = jax.eval_shape(accumulate(optax.identity(), 2).init, abstract_params)
         saved_form = optax.MultiStepsState(
             mini_step=scalar(template.mini_step),
             gradient_step=abstract_opt_state.gradient_step,
