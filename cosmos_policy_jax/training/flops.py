@@ -23,8 +23,12 @@ class DiTShape:
     text_len: int
 
 
-def dit_forward_flops(net_cfg, shape: DiTShape) -> float:
-    """Forward FLOPs of MinimalV1LVGDiT for one sample (video mode)."""
+def _dit_forward_terms(net_cfg, shape: DiTShape) -> tuple[float, float]:
+    """(forward FLOPs of one sample, the part of them in matmuls whose input is data).
+
+    Data-fed matmuls get no input gradient in the backward: the patch embedding (noisy latent), the
+    first timestep layer (sinusoid) and the cross-attention k/v projections (T5 embedding).
+    """
     d = net_cfg.model_channels
     p = net_cfg.patch_spatial
     pt = net_cfg.patch_temporal
@@ -34,37 +38,31 @@ def dit_forward_flops(net_cfg, shape: DiTShape) -> float:
     mlp = int(d * net_cfg.mlp_ratio)
     r = net_cfg.adaln_lora_dim
     lc, cc = shape.text_len, net_cfg.crossattn_emb_channels
-    flops = 2.0 * n * in_ch * p * p * pt * d  # patch embedding
-    flops += t * (2.0 * d * d + 2.0 * d * 3 * d)  # timestep MLP (per latent frame)
+    patch_embed = 2.0 * n * in_ch * p * p * pt * d
+    timestep_first = t * 2.0 * d * d
+    cross_kv = 2.0 * lc * cc * 2 * d
+    flops = patch_embed + timestep_first + t * 2.0 * d * 3 * d  # timestep MLP (per latent frame)
     per_block = 0.0
     per_block += 2.0 * n * d * 3 * d + 2.0 * n * d * d  # self-attn q/k/v + out
     per_block += 4.0 * n * n * d  # self-attn scores + values
-    per_block += 2.0 * n * d * d + 2.0 * lc * cc * 2 * d + 2.0 * n * d * d  # cross-attn q, k/v, out
+    per_block += 2.0 * n * d * d + cross_kv + 2.0 * n * d * d  # cross-attn q, k/v, out
     per_block += 4.0 * n * lc * d  # cross-attn scores + values
     per_block += 2.0 * 2 * n * d * mlp  # MLP
     per_block += 3 * t * (2.0 * d * r + 2.0 * r * 3 * d)  # three AdaLN-LoRA branches per frame
     flops += net_cfg.num_blocks * per_block
     flops += t * (2.0 * d * r + 2.0 * r * 2 * d) + 2.0 * n * d * p * p * pt * net_cfg.out_channels  # final layer
-    return flops
+    return flops, patch_embed + timestep_first + net_cfg.num_blocks * cross_kv
 
 
-def _dit_data_input_flops(net_cfg, shape: DiTShape) -> float:
-    """Forward FLOPs of the matmuls whose input is data (no input gradient in the backward)."""
-    d = net_cfg.model_channels
-    p, pt = net_cfg.patch_spatial, net_cfg.patch_temporal
-    t = shape.latent_t // pt
-    n = t * (shape.latent_h // p) * (shape.latent_w // p)
-    in_ch = net_cfg.in_channels + 1 + (1 if net_cfg.concat_padding_mask else 0)
-    flops = 2.0 * n * in_ch * p * p * pt * d  # patch embedding
-    flops += t * 2.0 * d * d  # first timestep layer
-    flops += net_cfg.num_blocks * 2.0 * shape.text_len * net_cfg.crossattn_emb_channels * 2 * d  # cross-attn k/v
-    return flops
+def dit_forward_flops(net_cfg, shape: DiTShape) -> float:
+    """Forward FLOPs of MinimalV1LVGDiT for one sample (video mode)."""
+    return _dit_forward_terms(net_cfg, shape)[0]
 
 
 def dit_train_flops(net_cfg, shape: DiTShape) -> float:
     """Forward + backward FLOPs of the DiT for one sample (no remat recomputation)."""
-    forward = dit_forward_flops(net_cfg, shape)
-    return 3.0 * forward - _dit_data_input_flops(net_cfg, shape)
+    forward, data_fed = _dit_forward_terms(net_cfg, shape)
+    return 3.0 * forward - data_fed
 
 
 def _conv(cin: int, cout: int, taps: int, outputs: int) -> float:
