@@ -200,3 +200,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def lose_peer(args: list[str], env: dict[str, str], log_dir: Path, *, after: int, sig: int, heartbeat_s: float):
+    """Train ``args`` as two processes (coordinator on 127.0.0.1), send ``sig`` to process 1 once process
+    0 has logged ``after`` iterations, and wait for process 0 to end.
+
+    Returns (process 0's exit code, seconds from the signal to its exit, process 0's Run). Both processes
+    are killed on the way out, whatever happened.
+    """
+    mp = ["--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes=2"]
+    procs = [start([*args, *mp, f"--process_id={i}"], env, log_dir / f"p{i}") for i in range(2)]
+    try:
+        wait_for(procs[0], lambda: procs[0].progress() >= after, f"iteration {after}", timeout=600)
+        procs[1].proc.send_signal(sig)
+        lost_at = time.monotonic()
+        rc = procs[0].wait(heartbeat_s + 110)
+        return rc, time.monotonic() - lost_at, procs[0]
+    finally:
+        for p in procs:
+            p.kill()

@@ -40,19 +40,8 @@ def test_a_hung_peer_stops_the_other_process(compile_cache, tmp_path, one_multip
     like a frozen or unreachable node, so only the coordination service's heartbeat notices. Process 0
     must exit non-zero, not wait forever. (A killed peer: test_multiprocess_equivalence.py.)"""
     heartbeat_s = 10
-    port = helpers.free_port()
     env = helpers.train_env(compile_cache, devices=2, COSMOS_POLICY_HEARTBEAT_TIMEOUT_S=heartbeat_s)
     args = helpers.tiny_args(tmp_path / "job", 10_000)
-    mp = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes=2"]
-    procs = [helpers.start([*args, *mp, f"--process_id={i}"], env, tmp_path / f"p{i}") for i in range(2)]
-    try:
-        helpers.wait_for(procs[0], lambda: procs[0].progress() >= 2, "two training steps", timeout=600)
-        procs[1].proc.send_signal(signal.SIGSTOP)
-        lost_at = time.monotonic()
-        rc = procs[0].wait(heartbeat_s + 110)
-        waited = time.monotonic() - lost_at
-    finally:
-        for p in procs:
-            p.kill()
-    assert rc != 0, procs[0].tail()
+    rc, waited, p0 = helpers.lose_peer(args, env, tmp_path, after=2, sig=signal.SIGSTOP, heartbeat_s=heartbeat_s)
+    assert rc != 0, p0.tail()
     assert waited < heartbeat_s + 60, waited

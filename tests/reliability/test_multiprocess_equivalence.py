@@ -7,7 +7,6 @@ data-iterator file per process) resumes in a single process, which continues lik
 from __future__ import annotations
 
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -34,23 +33,14 @@ def test_two_processes_match_one_survive_a_dead_peer_and_resume_in_one(
     reference_run, compile_cache, tmp_path, one_multiprocess_job_at_a_time
 ):
     job = tmp_path / "job"
-    port = helpers.free_port()
     env = helpers.train_env(compile_cache, devices=2, COSMOS_POLICY_HEARTBEAT_TIMEOUT_S=HEARTBEAT_S)
     # Many iterations: the run is ended by killing a process, not by reaching max_iter.
     args = helpers.tiny_args(job, 10_000)
-    mp = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes=2"]
-    procs = [helpers.start([*args, *mp, f"--process_id={i}"], env, tmp_path / f"p{i}") for i in range(2)]
-    try:
-        helpers.wait_for(procs[0], lambda: procs[0].progress() >= KILL_AFTER, f"iteration {KILL_AFTER}", timeout=600)
-        procs[1].proc.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        rc = procs[0].wait(HEARTBEAT_S + 110)
-        waited = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            p.kill()
+    rc, waited, p0 = helpers.lose_peer(
+        args, env, tmp_path, after=KILL_AFTER, sig=signal.SIGKILL, heartbeat_s=HEARTBEAT_S
+    )
     # The surviving process does not wait forever for its dead peer.
-    assert rc != 0, procs[0].tail()
+    assert rc != 0, p0.tail()
     assert waited < HEARTBEAT_S + 60, waited
 
     ref = helpers.rows(reference_run)
