@@ -113,7 +113,7 @@ if [ "$QUICK" = 0 ]; then
   run sample_libero 90 benchmarks/sample_actions.py --config=configs/cosmos_policy.py:libero \
     --config.checkpoint.load_path= --steps=10 --json
   # (d) The fixed bench config (fp32), comparable with the CPU figures.
-  run bench_step 75 benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --steps=10 --warmup=3 --json
+  run bench_step 120 benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --steps=10 --warmup=3 --json
   # (e) Where the 2B step's time goes: the DiT step on latents and the VAE encode alone.
   [ -n "$FIT" ] && run libero_parts 150 benchmarks/train_step.py "${LIBERO[@]}" \
     --config.dataloader_train.batch_size="$FIT" --steps=3 --warmup=1 --parts=dit,vae --json
