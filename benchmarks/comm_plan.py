@@ -62,11 +62,20 @@ def shape_bytes(shape: str) -> int:
 
 
 def replica_groups(line: str, num_devices: int) -> list[list[int]]:
-    """The replica groups of a collective: explicit ``{{0,1},{2,3}}`` or iota ``[G,S]<=[dims]T(perm)``."""
+    """The replica groups of a collective: explicit ``{{0,1},{2,3}}``, iota ``[G,S]<=[dims]T(perm)`` or
+    mesh axes ``mesh['data'=2,'fsdp'=4,'tensor'=1] {'fsdp'}`` (devices in the mesh's row-major order)."""
+    import numpy as np
+
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    if m:
+        axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
+        names, sizes = [a for a, _ in axes], [int(s) for _, s in axes]
+        chosen = [names.index(a) for a in re.findall(r"'([^']+)'", m.group(2))]
+        rest = [i for i in range(len(names)) if i not in chosen]
+        ids = np.arange(math.prod(sizes)).reshape(sizes).transpose(rest + chosen)
+        return ids.reshape(-1, math.prod(sizes[i] for i in chosen)).tolist()
     m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?", line)
     if m:
-        import numpy as np
-
         g, s = int(m.group(1)), int(m.group(2))
         dims = [int(x) for x in m.group(3).split(",")]
         ids = np.arange(math.prod(dims)).reshape(dims)
