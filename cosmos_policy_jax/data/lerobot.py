@@ -209,9 +209,7 @@ class LeRobotDataset:
 
     def _episodes_v30(self) -> list[EpisodeMeta]:
         ep_dir = os.path.join(self.root, "meta/episodes")
-        files = sorted(
-            os.path.join(d, n) for d, _, names in os.walk(ep_dir) for n in names if n.endswith(".parquet")
-        )
+        files = sorted(os.path.join(d, n) for d, _, names in os.walk(ep_dir) for n in names if n.endswith(".parquet"))
         if not files:
             raise DataError(f"{ep_dir}: no episode metadata parquet files")
         video_keys = self.video_keys
@@ -234,9 +232,13 @@ class LeRobotDataset:
                             chunk_index=row[f"videos/{key}/chunk_index"],
                             file_index=row[f"videos/{key}/file_index"],
                         )
-                        videos[key] = VideoSpan(os.path.join(self.root, rel), float(row[f"videos/{key}/from_timestamp"]))
+                        videos[key] = VideoSpan(
+                            os.path.join(self.root, rel), float(row[f"videos/{key}/from_timestamp"])
+                        )
                     out.append(
-                        EpisodeMeta(int(row["episode_index"]), int(row["length"]), tuple(row["tasks"]), data_file, videos)
+                        EpisodeMeta(
+                            int(row["episode_index"]), int(row["length"]), tuple(row["tasks"]), data_file, videos
+                        )
                     )
                 except KeyError as e:
                     raise DataError(f"{path}: no column {e.args[0]!r}") from None

@@ -36,7 +36,7 @@ def import_lerobot() -> tuple[Any, str]:
     of torchvision imports as released.
     """
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except (RuntimeError, ImportError, OSError) as e:
         if "torchvision::" not in str(e) and "_meta_registrations" not in str(e):
             raise

@@ -88,6 +88,10 @@ def make_source_for(
         from cosmos_policy_jax.data.sources import LiberoSource
 
         root = demo_gen.ensure_demo_dataset(cfg)
+        if cfg.get("demo_format", "hdf5") == "lerobot":  # the same episodes, through the LeRobot reader
+            from cosmos_policy_jax.data.lerobot import LeRobotSource
+
+            return LeRobotSource.from_config(demo_gen.demo_lerobot_config(cfg, root), seed=seed)
         return LiberoSource.from_config(demo_gen.demo_dataset_config(cfg, root), seed=seed)
     if kind == "lerobot":  # a local LeRobot dataset (v3.0 / v2.1) with the user's feature mapping
         from cosmos_policy_jax.data.lerobot import LeRobotSource

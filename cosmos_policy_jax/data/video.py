@@ -143,4 +143,6 @@ def _decode_at(c: Any, timestamp: float, tol: float, path: str, what: str) -> np
             return frame.to_ndarray(format="rgb24")
         if t > timestamp + tol:
             break
-    raise DataError(f"{path}: no frame at {timestamp:.3f}s ({what}); the video is shorter than its episode or truncated")
+    raise DataError(
+        f"{path}: no frame at {timestamp:.3f}s ({what}); the video is shorter than its episode or truncated"
+    )
