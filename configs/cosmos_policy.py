@@ -481,7 +481,6 @@ def _bench() -> config_dict.ConfigDict:
     return c
 
 
-
 def _lerobot(layout: str = "libero") -> config_dict.ConfigDict:
     """Your own LeRobot dataset: the user maps its features onto the policy's slots (README section).
 

@@ -377,7 +377,9 @@ class EpisodeSource:
         """Every rollout episode (HDF5 readers: one per file under ``rollout_data_dir``, unreadable ones skipped)."""
         if not self.rollout_data_dir:
             return []
-        found = (self._read_rollout_file(p) for p in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir"))
+        found = (
+            self._read_rollout_file(p) for p in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir")
+        )
         return [ep for ep in found if ep is not None]
 
     def _read_demo_file(self, path: str) -> list[Episode]:
