@@ -340,7 +340,7 @@ class LeRobotDataset:
                 end = span.start + (ep.length - 1) / self.fps
                 ends[(span.path, key)] = max(ends.get((span.path, key), 0.0), end)
         for (path, key), end in ends.items():
-            info = probe(path, key)
+            info = probe(path, key, until=end, fps=self.fps)
             if np.isfinite(info.duration_s) and info.duration_s + 0.5 / self.fps < end:
                 raise DataError(
                     f"{path}: video of {key!r} lasts {info.duration_s:.3f}s but its episodes need frames up to "

@@ -46,8 +46,12 @@ class VideoInfo:
     codec: str
 
 
-def probe(path: str, what: str = "") -> VideoInfo:
-    """Open ``path`` and read its first video stream's header; a missing or unreadable file raises."""
+def probe(path: str, what: str = "", *, until: float | None = None, fps: float = 30.0) -> VideoInfo:
+    """Open ``path`` and read its first video stream's header; a missing or unreadable file raises.
+
+    ``until``: also read (demux, not decode) the packets around that time, so a file cut short
+    behind a complete header (a truncated copy) is caught without decoding the video.
+    """
     av = _av()
     label = f" ({what})" if what else ""
     if not os.path.isfile(path):
@@ -63,11 +67,28 @@ def probe(path: str, what: str = "") -> VideoInfo:
                 duration = float(c.duration) / 1e6
             else:
                 duration = float("nan")
-            return VideoInfo(int(s.codec_context.width), int(s.codec_context.height), duration, s.codec_context.name)
+            info = VideoInfo(int(s.codec_context.width), int(s.codec_context.height), duration, s.codec_context.name)
+            if until is not None and not _has_packet_at(c, s, until, 0.5 / fps):
+                raise DataError(
+                    f"{path}: video has no frame at {until:.3f}s{label}; it is truncated or shorter than its episodes"
+                )
+            return info
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"{path}: cannot open video{label} ({_first_line(e)})") from e
+
+
+def _has_packet_at(c: Any, stream: Any, t: float, tol: float) -> bool:
+    c.seek(max(0, int(t / stream.time_base)), stream=stream, backward=True, any_frame=False)
+    for packet in c.demux(stream):
+        if packet.pts is None:
+            continue
+        if packet.size == 0:
+            return False
+        if float(packet.pts * stream.time_base) >= t - tol:
+            return True
+    return False
 
 
 class VideoFrames:
