@@ -53,7 +53,7 @@ def test_source_layout_follows_the_camera_roles(cams, layout, tmp_path):
 
 
 def test_bad_camera_roles():
-    with pytest.raises(DataError, match="cameras.primary: a primary"):
+    with pytest.raises(DataError, match=r"cameras\.primary: a primary"):
         layout_for_cameras({"wrist": "a"})
     with pytest.raises(DataError, match="not both"):
         layout_for_cameras({"primary": "a", "primary2": "b", "wrist2": "c"})
