@@ -245,3 +245,9 @@ def test_stats_cli_exit_codes(tmp_path, expected):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "observation.images.nope" in lines[-1] and "info.json" in lines[-1]
+
+
+@pytest.mark.parametrize("which", sorted(VERSIONS))
+def test_t5_tool_lists_the_dataset_task_strings(which, expected, capsys):
+    assert t5_lib.main(["list", f"--from_dataset={fixture_root(which)}"]) == 0
+    assert capsys.readouterr().out.splitlines() == sorted(set(expected["tasks"].tolist()))
