@@ -7,7 +7,8 @@ this module imports nothing from the project and runs there as a script::
 
     /path/to/lerobot-venv/bin/python -m cosmos_policy_jax.data.lerobot_write EPISODES_DIR OUT_ROOT
 
-``EPISODES_DIR`` holds ``spec.json`` (fps, robot_type, camera/state/action/success keys) and
+``EPISODES_DIR`` holds ``spec.json`` (fps, robot_type, camera/state/action/success keys, optional
+v3.0 ``chunk_settings`` for ``update_chunk_settings``) and
 ``episode_<n>.npz`` files with ``frames/<camera>`` ``(T, H, W, 3)`` uint8, ``state`` and ``action``
 ``(T, D)`` float32, optional ``success`` ``(T,)`` bool and the 0-d string ``task``.
 :func:`write_episodes_dir` is the same writer called in-process.
@@ -81,6 +82,8 @@ def write_episodes_dir(episodes_dir: str, out_root: str) -> str:
         use_videos=True,
         image_writer_threads=0,
     )
+    if spec.get("chunk_settings"):  # v3.0: smaller files, so that episodes spread over several
+        ds.meta.update_chunk_settings(**spec["chunk_settings"])
     task_is_argument = "task" in inspect.signature(ds.add_frame).parameters  # lerobot 0.3.x
     for name in names:
         with np.load(os.path.join(episodes_dir, name)) as ep:

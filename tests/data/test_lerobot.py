@@ -26,7 +26,7 @@ from cosmos_policy_jax.data.returns import monte_carlo_returns
 from cosmos_policy_jax.layouts import full_layout
 from tests.fixture_utils import fixture_dir
 
-VERSIONS = {"v30": "v3.0", "v21": "v2.1"}
+VERSIONS = {"v30": "v3.0", "v21": "v2.1", "v30_multifile": "v3.0"}
 CAMS = {"primary": "observation.images.top", "wrist": "observation.images.wrist"}
 KEYS = dict(state_key="observation.state", action_key="action", success_key="next.success")
 
@@ -80,7 +80,7 @@ def test_metadata_and_parquet_values_bit_exact(which, expected):
 @pytest.mark.parametrize("which", sorted(VERSIONS))
 def test_frames_within_codec_error(which, expected, tmp_path):
     emb = write_embeddings(tmp_path, expected["tasks"].tolist())
-    src = make_source(fixture_root(which), emb)
+    src = make_source(copy_dataset(which, tmp_path), emb)  # a copy: the source writes statistics there
     worst_mean, worst_max = 0.0, 0.0
     for j in range(len(expected["tasks"])):
         ep = next(e for e in src.demos + src.rollouts if e.label == f"episode {j}")
@@ -102,7 +102,7 @@ def test_frames_within_codec_error(which, expected, tmp_path):
 @pytest.mark.parametrize("which", sorted(VERSIONS))
 def test_source_samples_failures_as_rollouts(which, expected, tmp_path):
     emb = write_embeddings(tmp_path, expected["tasks"].tolist())
-    src = make_source(fixture_root(which), emb)
+    src = make_source(copy_dataset(which, tmp_path), emb)
     lengths = [len(expected[f"action/{j}"]) for j in range(len(expected["tasks"]))]
     failed = [j for j, ok in enumerate(expected["success"]) if not ok]
     assert [ep.label for ep in src.rollouts] == [f"episode {j}" for j in failed]
@@ -129,7 +129,7 @@ def test_pipeline_sharded_and_resumable(expected, tmp_path):
     emb = write_embeddings(tmp_path, expected["tasks"].tolist())
     cfg = dict(
         kind="lerobot",
-        data_dir=fixture_root("v30"),
+        data_dir=copy_dataset("v30", tmp_path),
         t5_text_embeddings_path=emb,
         chunk_size=4,
         final_image_size=32,
@@ -218,6 +218,7 @@ def test_truncated_video(which, rel, tmp_path):
     assert "\n" not in msg and rel in msg and "observation.images.wrist" in msg
 
 
+@pytest.mark.slow  # two CLI subprocesses (each imports the config stack): ~10 s idle, more on a loaded CPU
 def test_stats_cli_exit_codes(tmp_path, expected):
     import subprocess
     import sys

@@ -9,7 +9,7 @@ from cosmos_policy_jax import config_lib
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.lerobot import LeRobotSource, layout_for_cameras
 from cosmos_policy_jax.layouts import full_layout
-from tests.data.test_lerobot import CAMS, KEYS, fixture_root, write_embeddings
+from tests.data.test_lerobot import CAMS, KEYS, copy_dataset, write_embeddings
 
 
 @pytest.mark.parametrize("arg", ["lerobot", "lerobot_aloha", "lerobot_robocasa", "lerobot,tiny", "demo,lerobot"])
@@ -44,7 +44,8 @@ def test_demo_modifier_only_on_demo():
 )
 def test_source_layout_follows_the_camera_roles(cams, layout, tmp_path):
     emb = write_embeddings(tmp_path, ["pick up the red block", "open the top drawer"])
-    src = LeRobotSource(fixture_root("v21"), "", emb, cameras=cams, chunk_size=2, final_image_size=16, **KEYS)
+    root = copy_dataset("v21", tmp_path)
+    src = LeRobotSource(root, "", emb, cameras=cams, chunk_size=2, final_image_size=16, **KEYS)
     assert src.layout == full_layout(layout) and src.state_t == 11
     sample = src.get(0)
     assert sample["video"].shape[1] == src.num_frames
