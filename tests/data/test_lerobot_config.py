@@ -60,3 +60,18 @@ def test_bad_camera_roles():
         layout_for_cameras({"primary": "a", "primary2": "b", "wrist2": "c"})
     with pytest.raises(DataError, match="unknown role"):
         layout_for_cameras({"primary": "a", "side": "b"})
+
+
+def test_demo_copy_needs_the_real_writer(tmp_path, monkeypatch):
+    import importlib.util
+
+    from cosmos_policy_jax.data import demo_gen
+
+    if importlib.util.find_spec("lerobot") is not None:
+        pytest.skip("lerobot is installed here: the writer would run")
+    monkeypatch.delenv(demo_gen.LEROBOT_PYTHON_ENV, raising=False)
+    with pytest.raises(DataError, match=r"real lerobot package.*COSMOS_POLICY_LEROBOT_PYTHON"):
+        demo_gen._run_lerobot_writer(str(tmp_path / "in"), str(tmp_path / "out"))
+    monkeypatch.setenv(demo_gen.LEROBOT_PYTHON_ENV, "/bin/false")
+    with pytest.raises(DataError, match="lerobot writer failed"):
+        demo_gen._run_lerobot_writer(str(tmp_path / "in"), str(tmp_path / "out"))
