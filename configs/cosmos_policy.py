@@ -9,9 +9,12 @@ experiment and optional modifiers::
     demo              embedded default: tiny model, generated dataset, trains on a laptop CPU
     tiny              smallest model and data, used by the tests
     bench             fixed mid-size model for benchmarks (see docs/benchmarks.md)
+    lerobot           your LeRobot dataset (v3.0/v2.1), LIBERO-like layout (primary + wrist camera);
+                      lerobot_aloha (primary + two wrists), lerobot_robocasa (two primaries + wrist)
 
     modifiers:  tiny (shrink any base to test size), fp32 (float32 compute),
-                synthetic (fake data source with the model's input spec, no files needed)
+                synthetic (fake data source with the model's input spec, no files needed),
+                lerobot (demo only: train from the demo dataset's LeRobot copy)
 
 Sections follow the reference trainer: job, trainer, model (net, tokenizer, sde, sampler, ema),
 optimizer, scheduler, dataloader_train, dataloader_val, checkpoint, parallel.
@@ -25,8 +28,9 @@ from ml_collections import config_dict
 
 from cosmos_policy_jax.layouts import full_layout
 
-BASES = ("libero", "robocasa", "aloha", "demo", "tiny", "bench")
-MODIFIERS = ("tiny", "fp32", "synthetic")
+LEROBOT_BASES = ("lerobot", "lerobot_aloha", "lerobot_robocasa")
+BASES = ("libero", "robocasa", "aloha", "demo", "tiny", "bench", *LEROBOT_BASES)
+MODIFIERS = ("tiny", "fp32", "synthetic", "lerobot")
 
 # Megatron layout on `tensor` (column-parallel q/k/v/mlp-in, row-parallel out/mlp-out), parameters and
 # optimizer state on `fsdp`, batch on (data, fsdp). Logical names are defined in
@@ -477,9 +481,53 @@ def _bench() -> config_dict.ConfigDict:
     return c
 
 
+def _lerobot(layout: str = "libero") -> config_dict.ConfigDict:
+    """Your own LeRobot dataset: the user maps its features onto the policy's slots (README section).
+
+    ``layout`` (from the base name) fixes which cameras exist: libero = primary + wrist, aloha =
+    primary + wrist + wrist2, robocasa = primary + primary2 + wrist. The model is the 2B one.
+    """
+    c = _aloha() if layout == "aloha" else _robocasa() if layout == "robocasa" else _base_libero()
+    c.job.group = "lerobot"
+    c.job.name = f"cosmos_policy_lerobot_{layout}"
+    cams = dict(primary="observation.images.image", wrist="observation.images.wrist_image")
+    cams.update(wrist2="", primary2="")
+    if layout == "aloha":
+        cams.update(primary="observation.images.cam_high", wrist="observation.images.cam_left_wrist")
+        cams["wrist2"] = "observation.images.cam_right_wrist"
+    if layout == "robocasa":
+        cams["primary2"] = "observation.images.image2"
+    for dl in (c.dataloader_train, c.dataloader_val):
+        ds = dl.dataset
+        ds.kind = "lerobot"
+        ds.data_dir = "${LEROBOT_DATASET}"  # the dataset root (the folder holding meta/info.json)
+        ds.rollout_data_dir = ""  # optional second LeRobot dataset of policy rollouts (needs success_key)
+        ds.t5_text_embeddings_path = "${LEROBOT_DATASET}/t5_embeddings.pkl"
+        ds.split = ""
+        ds.treat_demos_as_success_rollouts = False
+        # Feature names as in meta/info.json; success_key: per-frame flag, false on the last frame = failure.
+        ds.lerobot = config_dict.ConfigDict(
+            dict(cameras=cams, state_key="observation.state", action_key="action", success_key="")
+        )
+    c.dataloader_val.dataset.use_image_aug = False
+    return c
+
+
+def _demo_from_lerobot(c: config_dict.ConfigDict) -> None:
+    """Modifier ``lerobot`` on ``demo``: the same generated episodes, written by ``lerobot``, read back."""
+    if c.dataloader_train.dataset.kind != "demo":
+        raise ValueError("config modifier 'lerobot' applies to the demo base only (use base 'lerobot' for your data)")
+    c.job.name = "cosmos_policy_demo_lerobot"
+    for dl in (c.dataloader_train, c.dataloader_val):
+        dl.dataset.demo_format = "lerobot"
+
+
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     base, mods = parse_arg(arg)
     c = {
+        "lerobot": _lerobot,
+        "lerobot_aloha": lambda: _lerobot("aloha"),
+        "lerobot_robocasa": lambda: _lerobot("robocasa"),
         "libero": _base_libero,
         "robocasa": _robocasa,
         "aloha": _aloha,
@@ -491,6 +539,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         _shrink_to_tiny(c)
     if "fp32" in mods:
         _use_fp32(c)
+    if "lerobot" in mods:
+        _demo_from_lerobot(c)
     if "synthetic" in mods:
         for dl in (c.dataloader_train, c.dataloader_val):
             dl.dataset.kind = "synthetic"

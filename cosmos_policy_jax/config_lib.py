@@ -22,7 +22,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 CONV_IMPLS = ("auto", "conv3d", "taps")  # model.tokenizer.conv_impl (models/vae.py)
 REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
-DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic")
+DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic", "lerobot")
 DEFAULT_OUTPUT_ROOT = "outputs"
 _ENV_PATTERN = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 

@@ -73,7 +73,7 @@ def make_source_for(
     """The random-access source for a ``dataloader_*.dataset`` config section.
 
     ``demo``: generates the demo dataset on first use (``demo_gen.ensure_demo_dataset``), then reads
-    it with the real ``LiberoSource``. ``synthetic``: ``SyntheticSource`` with the model's latent
+    it with the real ``LiberoSource``. ``lerobot``: ``lerobot.LeRobotSource``. ``synthetic``: ``SyntheticSource`` with the model's latent
     ``layout``/``state_t`` (pass ``config.model.latent_layout`` and ``config.model.state_t``; LIBERO's
     by default). Other kinds: ``sources.make_source`` (libero / robocasa / aloha).
     """
@@ -88,7 +88,15 @@ def make_source_for(
         from cosmos_policy_jax.data.sources import LiberoSource
 
         root = demo_gen.ensure_demo_dataset(cfg)
+        if cfg.get("demo_format", "hdf5") == "lerobot":  # the same episodes, through the LeRobot reader
+            from cosmos_policy_jax.data.lerobot import LeRobotSource
+
+            return LeRobotSource.from_config(demo_gen.demo_lerobot_config(cfg, root), seed=seed)
         return LiberoSource.from_config(demo_gen.demo_dataset_config(cfg, root), seed=seed)
+    if kind == "lerobot":  # a local LeRobot dataset (v3.0 / v2.1) with the user's feature mapping
+        from cosmos_policy_jax.data.lerobot import LeRobotSource
+
+        return LeRobotSource.from_config(cfg, seed=seed)
     from cosmos_policy_jax.data.sources import make_source
 
     return make_source(cfg, seed=seed)

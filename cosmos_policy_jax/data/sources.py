@@ -232,23 +232,12 @@ class EpisodeSource:
         # 1. Demonstrations (skipped entirely when they are never sampled, as in the reference).
         if not os.path.isdir(self.data_dir):
             raise DataError(f"dataset directory not found: {self.data_dir!r} (dataset.data_dir)")
-        demos: list[Episode] = []
-        if self.demonstration_sampling_prob > 0:
-            files = self._demo_files()
-            if not files:
-                raise DataError(f"no HDF5 files ({', '.join(HDF5_EXTENSIONS)}) under {self.data_dir}")
-            for path in files:
-                demos.extend(self._read_demo_file(path))
+        demos: list[Episode] = self._load_demos() if self.demonstration_sampling_prob > 0 else []
         self._check_dims(demos)
 
         # 2. Rollouts (metadata + low-dimensional arrays; frames are read per sample).
-        rollouts: list[Episode] = []
-        if self.rollout_data_dir:
-            for path in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir"):
-                ep = self._read_rollout_file(path)
-                if ep is not None:
-                    rollouts.append(ep)
-            self._check_dims(rollouts)
+        rollouts: list[Episode] = self._load_rollouts()
+        self._check_dims(rollouts)
 
         # 3. Text embeddings for every instruction, checked before anything is written to disk.
         self.instructions = sorted({ep.command for ep in [*demos, *rollouts]})
@@ -376,6 +365,22 @@ class EpisodeSource:
 
     def _demo_files(self) -> list[str]:
         return find_hdf5_files(self.data_dir, what="dataset.data_dir")
+
+    def _load_demos(self) -> list[Episode]:
+        """Every demonstration episode (HDF5 readers: each demo file in path order)."""
+        files = self._demo_files()
+        if not files:
+            raise DataError(f"no HDF5 files ({', '.join(HDF5_EXTENSIONS)}) under {self.data_dir}")
+        return [ep for path in files for ep in self._read_demo_file(path)]
+
+    def _load_rollouts(self) -> list[Episode]:
+        """Every rollout episode (HDF5 readers: one per file under ``rollout_data_dir``, unreadable ones skipped)."""
+        if not self.rollout_data_dir:
+            return []
+        found = (
+            self._read_rollout_file(p) for p in find_hdf5_files(self.rollout_data_dir, what="dataset.rollout_data_dir")
+        )
+        return [ep for ep in found if ep is not None]
 
     def _read_demo_file(self, path: str) -> list[Episode]:
         raise NotImplementedError

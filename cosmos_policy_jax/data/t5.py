@@ -15,6 +15,7 @@ CLI (needs the optional ``torch`` extra: ``pip install -e '.[torch]'``)::
     python -m cosmos_policy_jax.data.t5 compute --kind libero --data_dir DIR [--rollout_data_dir DIR2] \
         --out DIR/t5_embeddings.pkl [--model google-t5/t5-11b] [--max_length 512] [--device cuda]
     python -m cosmos_policy_jax.data.t5 list --kind libero --data_dir DIR       # instructions found
+    python -m cosmos_policy_jax.data.t5 compute --from_dataset LEROBOT_DIR --out LEROBOT_DIR/t5_embeddings.pkl
     python -m cosmos_policy_jax.data.t5 convert IN OUT                          # between formats
 
 ``compute`` follows the reference: T5 encoder, tokens padded/truncated to ``max_length`` (512), the
@@ -249,8 +250,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     for name in ("compute", "list"):
         p = sub.add_parser(name)
         p.add_argument("--kind", default="libero", choices=("libero", "robocasa", "aloha"))
-        p.add_argument("--data_dir", required=True)
+        p.add_argument("--data_dir", default="")
         p.add_argument("--rollout_data_dir", default="")
+        p.add_argument("--from_dataset", default="", help="a LeRobot dataset root: its task strings (overrides --kind)")
         if name == "compute":
             p.add_argument("--out", required=True, help="output file (.pkl, .safetensors or .npz)")
             p.add_argument("--model", default="google-t5/t5-11b")
@@ -268,7 +270,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             save_t5_embeddings(load_t5_embeddings(args.src), args.dst)
             print(f"wrote {args.dst}")
             return 0
-        instructions = _list_instructions(args.kind, args.data_dir, args.rollout_data_dir)
+        if args.from_dataset:
+            from cosmos_policy_jax.data.lerobot import list_instructions
+
+            instructions = list_instructions(args.from_dataset, args.rollout_data_dir)
+        elif not args.data_dir:
+            parser.error("--data_dir or --from_dataset is required")
+        else:
+            instructions = _list_instructions(args.kind, args.data_dir, args.rollout_data_dir)
         if args.command == "list":
             print("\n".join(instructions))
             return 0

@@ -1,0 +1,108 @@
+"""Samples/s of the input pipeline on LeRobot data (parquet + AV1 video decode, resize, augmentation, batching).
+
+    COSMOS_POLICY_LEROBOT_PYTHON=/path/to/lerobot-venv/bin/python python benchmarks/lerobot_pipeline.py --json
+
+The data is the benchmark dataset of ``benchmarks/data_pipeline.py`` (the demo task at 256x256,
+16 demonstrations and 8 rollouts) written as LeRobot datasets by the real ``lerobot`` package (run
+in-process when it imports, else under ``$COSMOS_POLICY_LEROBOT_PYTHON``: the v3.0 writer of lerobot
+0.4.x, AV1 at lerobot's defaults), read by ``LeRobotSource`` with the ``libero`` config's dataset
+section (chunk 16, stronger augmentation, 224 px output) through ``pipeline.build_pipeline``. Every
+sample decodes 4 frames (2 cameras x current/future). Prints samples/s per worker count and, with
+``--json``, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from data_pipeline import prepare
+
+from configs.cosmos_policy import get_config
+from cosmos_policy_jax.data import demo_gen, pipeline
+from cosmos_policy_jax.data.lerobot import LeRobotDataset, LeRobotSource
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--final_image_size", type=int, default=224)
+    p.add_argument("--stored_image_size", type=int, default=256)
+    p.add_argument("--no_aug", action="store_true")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--rollouts", type=int, default=8)
+    p.add_argument("--prefetch", type=int, default=2)
+    p.add_argument(
+        "--data_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "bench_data")
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    root = prepare(
+        args.data_dir, image_size=args.stored_image_size, jpeg=False, episodes=args.episodes, rollouts=args.rollouts
+    )
+    ds = get_config("libero").dataloader_train.dataset
+    with ds.unlocked():
+        ds.final_image_size = args.final_image_size
+        ds.use_image_aug = not args.no_aug
+    cfg = demo_gen.demo_lerobot_config(ds, root)
+    version = LeRobotDataset(cfg["data_dir"]).version
+    source = LeRobotSource.from_config(cfg, seed=0)
+
+    results = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        it = pipeline.build_pipeline(
+            source,
+            batch_size_per_process=args.batch_size,
+            dp_rank=0,
+            dp_size=1,
+            shuffle=True,
+            num_workers=workers,
+            prefetch_buffer_size=args.prefetch,
+        )
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            next(it)
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(args.batches):
+            batch = next(it)
+        elapsed = time.perf_counter() - t0
+        it.close()
+        rate = args.batches * args.batch_size / elapsed
+        results.append({"workers": workers, "samples_per_s": rate, "warmup_s": startup})
+        print(
+            f"workers={workers}: {rate:8.1f} samples/s  ({args.batches} batches of {args.batch_size}, "
+            f"video {tuple(batch['video'].shape)}, warm-up {startup:.1f} s)"
+        )
+    if args.json:
+        import common
+
+        print(
+            json.dumps(
+                {
+                    "benchmark": "lerobot_pipeline",
+                    "format": version,
+                    "final_image_size": args.final_image_size,
+                    "stored_image_size": args.stored_image_size,
+                    "augmentation": not args.no_aug,
+                    "batch_size": args.batch_size,
+                    "batches": args.batches,
+                    "results": results,
+                    **common.run_info(),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
