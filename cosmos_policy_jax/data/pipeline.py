@@ -30,7 +30,9 @@ as an orbax JSON item (``ocp.args.JsonSave(it.get_state())``); grain's own
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from cosmos_policy_jax.data import workers
 from cosmos_policy_jax.data.errors import DataError
 
 STATE_VERSION = 1
@@ -309,7 +312,9 @@ class PipelineIterator(grain.DatasetIterator):
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self.num_workers, per_worker_buffer_size=max(1, self.prefetch_buffer_size)
-                )
+                ),
+                # Workers end with this process, whatever kills it (their shared memory goes with them).
+                worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()),
             )
         return iter(it_ds)
 
