@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
 import re
 import time
@@ -112,6 +113,29 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text.splitlines() else text
 
 
+class _ExceptionsAsOneLine(py_logging.Filter):
+    """Below INFO verbosity (the CLI's default), an exception logged by orbax's save threads is one line.
+
+    The trainer reports the failure itself as its last line (``error: ...``); a full disk would
+    otherwise print every background thread's traceback around it. ``--verbosity=0`` (INFO) or
+    higher shows the tracebacks again.
+    """
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and logging.get_verbosity() < logging.INFO:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {_first_line(error)})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_background_tracebacks() -> None:
+    logger = py_logging.getLogger("absl")
+    if not any(isinstance(f, _ExceptionsAsOneLine) for f in logger.filters):
+        logger.addFilter(_ExceptionsAsOneLine())
+
+
 @dataclasses.dataclass
 class DataIterState:
     """Holder of a data-iterator state (bytes) in grain's checkpoint protocol (one file per process)."""
@@ -135,6 +159,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
         self._in_flight: int | None = None  # the step whose async save has not been confirmed yet
+        _quiet_background_tracebacks()
         if not read_only:
             self._report_incomplete()
         options = ocp.CheckpointManagerOptions(

@@ -215,6 +215,8 @@ def test_out_of_disk_during_a_checkpoint_save(compile_cache, tmp_path):
     (line,) = r.error_lines()
     assert f"CheckpointError: checkpoint 4: save to {job}/checkpoints/4 failed (No space left on device)" in line
     assert "earlier checkpoints are intact" in line
+    # the error line is the last thing said, and no background thread's traceback surrounds it
+    assert r.stderr().rstrip().splitlines()[-1] == line and "Traceback" not in r.stderr(), r.tail()
     assert "2" in helpers.checkpoint_steps(job) and "4" not in helpers.checkpoint_steps(job)
     again = helpers.run(args, env, tmp_path / "restart")
     assert again.returncode == 0, again.tail()
