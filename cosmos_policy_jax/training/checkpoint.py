@@ -96,6 +96,18 @@ def state_fingerprint(state: Any) -> dict[str, int]:
     return {k: int(np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v)) for k, v in out.items()}
 
 
+@jax.jit
+def _all_finite(leaves: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: jnp.all(jnp.isfinite(v)) for k, v in leaves.items()}
+
+
+def nonfinite_arrays(tree: Any) -> list[str]:
+    """Sorted keys (as in the fingerprint) of the floating-point arrays of ``tree`` holding NaN or inf."""
+    leaves = {k: v for k, v in _flat_arrays(tree).items() if jnp.issubdtype(v.dtype, jnp.inexact)}
+    flags = jax.device_get(_all_finite(leaves))
+    return sorted(k for k, ok in flags.items() if not bool(ok))
+
+
 def _all_processes_ok(ok: bool) -> bool:
     """Whether every process succeeded (a failure on one process must stop all of them alike)."""
     if jax.process_count() == 1:

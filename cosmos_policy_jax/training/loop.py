@@ -191,6 +191,10 @@ class Trainer:
             params = jax.device_put(params, shardings_of(defs.dit_abstract_params))
             msg = f"loaded DiT weights from {report_src}: {report.summary()}"
             logging.info("loaded keys: %s", ", ".join(report.loaded))
+        if bad := ckpt_lib.nonfinite_arrays({"params": params}):
+            raise WeightImportError(
+                f"checkpoint.load_path {path}: non-finite values (NaN/inf) in {len(bad)} array(s): {', '.join(bad[:4])}"
+            )
         logging.warning("%s", msg)
         if self.is_main:
             print(f"[cosmos_policy_jax] {msg}", flush=True)
