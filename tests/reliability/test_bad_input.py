@@ -126,7 +126,7 @@ def _nan_weights(ctx: Ctx) -> None:
     from safetensors.numpy import load_file, save_file
 
     weights = load_file(str(ctx.reference / "export" / "net.safetensors"))
-    key = sorted(weights)[0]
+    key = next(k for k in sorted(weights) if k.endswith(".weight"))  # a trained weight, not a counter
     weights[key] = weights[key].copy()
     weights[key].flat[0] = float("nan")
     save_file(weights, str(ctx.tmp / "nan_weights.safetensors"))
@@ -209,9 +209,12 @@ CASES = [
         "data root that is a file",
         lambda c: [
             "--config.dataloader_train.dataset.kind=libero",
-            f"--config.dataloader_train.dataset.data_dir={c.tmp}/a_file",
+            *(
+                f"--config.dataloader_train.dataset.{key}={c.tmp}/a_file"
+                for key in ("data_dir", "rollout_data_dir", "t5_text_embeddings_path")
+            ),
         ],
-        lambda c: ("dataloader_train.dataset.data_dir", f"{c.tmp}/a_file"),
+        lambda c: ("DataError", f"{c.tmp}/a_file", "is a file, not a directory", "data_dir"),
         prepare=_a_file,
     ),
     Case(
