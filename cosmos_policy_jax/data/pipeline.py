@@ -323,16 +323,20 @@ class PipelineIterator(grain.DatasetIterator):
         if self.num_batches is not None and self._next >= self.num_batches:
             raise StopIteration
         if self._it is None:
-            self._it = self._build()
-        batch = next(self._it)
+            with workers.starting_data_workers():  # grain starts its worker processes on the first batch
+                self._it = self._build()
+                batch = next(self._it)
+        else:
+            batch = next(self._it)
         self._next += 1
         return batch
 
     def start_prefetch(self) -> None:
-        if self._it is None and (self.num_batches is None or self._next < self.num_batches):
-            self._it = self._build()
-        if self._it is not None and hasattr(self._it, "start_prefetch"):
-            self._it.start_prefetch()
+        with workers.starting_data_workers():
+            if self._it is None and (self.num_batches is None or self._next < self.num_batches):
+                self._it = self._build()
+            if self._it is not None and hasattr(self._it, "start_prefetch"):
+                self._it.start_prefetch()
 
     def close(self) -> None:
         if self._it is not None:

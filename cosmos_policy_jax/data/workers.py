@@ -11,21 +11,27 @@ grain starts its ``mp_prefetch`` workers with multiprocessing's spawn method. Tw
   for the first batch (the trainer's prefetch thread).
 * ``keep_jax_out_of_spawned_worker``: grain imports jax when it is installed (for its profiler and
   tree utilities, both optional), which maps jaxlib into every worker (hundreds of MB each). The
-  package's ``__init__`` calls this first thing; in a spawned child (``--multiprocessing-fork`` on
-  the interpreter's own command line, ``sys.orig_argv``: spawn replaces ``sys.argv`` by the parent's) it makes ``import jax`` fail, so grain takes its jax-free fallbacks. The data
-  modules themselves import numpy, PIL, h5py and grain only. ``COSMOS_POLICY_WORKER_JAX=1`` turns
-  it off for a spawned child that does need jax.
+  package's ``__init__`` calls this first thing. It acts only in a multiprocessing spawn child
+  (``--multiprocessing-fork`` on the interpreter's own command line, ``sys.orig_argv``; spawn
+  replaces ``sys.argv`` by the parent's) started inside ``starting_data_workers()`` (the pipeline's
+  window around grain starting its workers, marked by an environment variable the child inherits),
+  and makes ``import jax`` fail there, so grain takes its jax-free fallbacks. Other spawned children
+  (e.g. the LIBERO environment workers of ``eval``) are not affected. The data modules themselves
+  import numpy, PIL, h5py and grain only. ``COSMOS_POLICY_WORKER_JAX=1`` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 _NO_JAX = ("jax", "jaxlib", "flax", "optax", "orbax")
+_MARK = "COSMOS_POLICY_DATA_WORKER"
 POLL_S = 0.5
 
 
@@ -42,7 +48,9 @@ class _NoJax:
 def keep_jax_out_of_spawned_worker(argv: list[str] | None = None) -> bool:
     """In a multiprocessing spawn child, make jax imports fail (see the module docstring); True if done."""
     argv = sys.orig_argv if argv is None else argv
-    if "--multiprocessing-fork" not in argv or os.environ.get("COSMOS_POLICY_WORKER_JAX") == "1":
+    if "--multiprocessing-fork" not in argv or os.environ.get(_MARK) != "1":
+        return False
+    if os.environ.get("COSMOS_POLICY_WORKER_JAX") == "1":
         return False
     if "jax" in sys.modules or any(isinstance(f, _NoJax) for f in sys.meta_path):
         return False
@@ -50,6 +58,20 @@ def keep_jax_out_of_spawned_worker(argv: list[str] | None = None) -> bool:
     # grain reports the missing jax profiler once per worker; that is the intended state, not news.
     logging.getLogger("absl").addFilter(lambda record: "Failed to load jax profiler" not in record.getMessage())
     return True
+
+
+@contextlib.contextmanager
+def starting_data_workers() -> Iterator[None]:
+    """Children spawned inside this block are data workers (they inherit the mark; see above)."""
+    previous = os.environ.get(_MARK)
+    os.environ[_MARK] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_MARK, None)
+        else:
+            os.environ[_MARK] = previous
 
 
 def _watch(parent_pid: int, poll_s: float) -> None:
