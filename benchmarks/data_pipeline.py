@@ -49,6 +49,26 @@ def prepare(data_dir: str, *, image_size: int, jpeg: bool, episodes: int, rollou
     return root
 
 
+def worker_rss_mb() -> list[float]:
+    """Resident memory (MB) of this process's spawned data workers (Linux /proc; [] elsewhere)."""
+    out = []
+    for stat in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{stat}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != os.getpid():
+                continue
+            with open(f"/proc/{stat}/cmdline") as f:
+                if "--multiprocessing-fork" not in f.read():
+                    continue
+            with open(f"/proc/{stat}/status") as f:
+                rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+            out.append(rss / 1024)
+        except (OSError, ValueError, StopIteration):
+            continue
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
@@ -96,12 +116,14 @@ def main() -> None:
         for _ in range(args.batches):
             batch = next(it)
         elapsed = time.perf_counter() - t0
+        rss = worker_rss_mb()
         it.close()
         rate = args.batches * args.batch_size / elapsed
-        results.append({"workers": workers, "samples_per_s": rate, "warmup_s": startup})
+        results.append({"workers": workers, "samples_per_s": rate, "warmup_s": startup, "worker_rss_mb": rss})
         print(
             f"workers={workers}: {rate:8.1f} samples/s  ({args.batches} batches of {args.batch_size}, "
             f"video {tuple(batch['video'].shape)}, warm-up {startup:.1f} s)"
+            + (f", worker RSS {max(rss):.0f} MB" if rss else "")
         )
     if args.json:
         # Imported here: `common` imports jax, which grain worker processes (re-importing this module) should not.

@@ -95,7 +95,10 @@ def main(argv: list[str]) -> int:
 
     from cosmos_policy_jax.parallel import distributed
 
-    local_ids = tuple(int(x) for x in _LOCAL_DEVICES.value) if _LOCAL_DEVICES.value else None
+    try:
+        local_ids = tuple(int(x) for x in _LOCAL_DEVICES.value) if _LOCAL_DEVICES.value else None
+    except ValueError:
+        _fail(f"--local_device_ids must be comma-separated integers, got {','.join(_LOCAL_DEVICES.value)!r}")
     try:
         distributed.initialize(
             distributed.DistributedArgs(

@@ -79,18 +79,42 @@ def _output_path(output: str, default_name: str) -> str:
     return output
 
 
+def _check_output(output: str, suffixes: str | tuple[str, ...]) -> None:
+    """Refuse an output path that cannot be written before any work is done (one line, naming it)."""
+    if output.endswith(os.sep) or os.path.isdir(output):
+        target_dir = output
+    else:
+        if not output.endswith(suffixes):
+            raise ValueError(f"--output must be a directory or a {'/'.join(_as_tuple(suffixes))} file: {output}")
+        target_dir = os.path.dirname(os.path.abspath(output))
+    probe = os.path.abspath(target_dir)
+    while not os.path.exists(probe):  # the nearest existing ancestor decides
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"--output {output}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output}: directory {probe} is not writable")
+
+
+def _as_tuple(x: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (x,) if isinstance(x, str) else x
+
+
 def run_import(model: str, config, input_path: str, output: str, use_ema: bool = False) -> str:
     """Reference weights -> our parameter file; returns the path written."""
+    from cosmos_policy_jax.convert.core import load_state_dict
+
+    if use_ema and model != "dit":
+        raise ValueError("--ema applies to --model dit only")
+    _check_output(output, ".safetensors")
+    # Read (and bounds-check) the untrusted file before the model stack (jax) is even imported.
+    state_dict = load_state_dict(input_path)
     from cosmos_policy_jax.convert.dit import save_nnx_params
 
     api, cfg = _model_api(model, config)
     kwargs = {"use_ema": True} if use_ema else {}
-    if use_ema and model != "dit":
-        raise ValueError("--ema applies to --model dit only")
-    params, report = api.import_fn(input_path, cfg, **kwargs)
+    params, report = api.import_fn(state_dict, cfg, source=input_path, **kwargs)
     path = _output_path(output, PARAMS_FILE[model])
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"--output must be a directory or a .safetensors file: {output}")
     meta = {"model": model, "source": os.path.abspath(input_path), "config": json.dumps(dataclasses.asdict(cfg))}
     save_nnx_params(params, path, metadata=meta)
     print(f"imported {input_path}: {report.summary()}", flush=True)
@@ -102,6 +126,7 @@ def run_export(model: str, config, input_path: str, output: str, dtype: str | No
     """Our parameter file -> reference state dict(s); returns the paths written."""
     from cosmos_policy_jax.convert.dit import load_nnx_params
 
+    _check_output(output, (".safetensors", ".pt", ".pth"))
     api, cfg = _model_api(model, config)
     params, meta = load_nnx_params(input_path)
     if meta.get("model", model) != model:
@@ -148,6 +173,7 @@ def main(argv: list[str]) -> None:
         ValueError,
         RuntimeError,
         TypeError,
+        OSError,  # an output that cannot be written (disk full, permissions): one line, exit 2
     ) as e:
         _fail(_one_line(e))
 

@@ -152,6 +152,7 @@ def import_dit(
     *,
     use_ema: bool = False,
     cfg: DiTConfig | None = None,
+    source: str | None = None,
 ) -> tuple[dict, ImportReport]:
     """Reference DiT weights -> nested dict of numpy arrays shaped like ``nnx.state(model, nnx.Param)``.
 
@@ -164,7 +165,7 @@ def import_dit(
     abstract shardings to place the result.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source = "state dict"
+        source = source or "state dict"  # the file it was read from, when the caller knows it
         state_dict = dict(path_or_state_dict)
     else:
         source = os.fspath(path_or_state_dict)

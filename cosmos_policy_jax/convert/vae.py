@@ -150,6 +150,7 @@ def import_vae(
     model_or_abstract_state: Any,
     *,
     cfg: WanVAEConfig | None = None,
+    source: str | None = None,
 ) -> tuple[dict, ImportReport]:
     """Reference ``WanVAE_`` weights -> nested dict of numpy arrays shaped like ``nnx.state(model, nnx.Param)``.
 
@@ -161,7 +162,7 @@ def import_vae(
     missing, unexpected and mismatched keys. Place the result with ``nnx.update(model, params)``.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source = "state dict"
+        source = source or "state dict"  # the file it was read from, when the caller knows it
         state_dict = dict(path_or_state_dict)
     else:
         source = os.fspath(path_or_state_dict)

@@ -26,8 +26,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -313,8 +316,17 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
     sim_config = demo_sim.DemoReachConfig(image_size=params["image_size"], object_layout=layout)
     if not os.path.exists(root):
         parent = os.path.dirname(root)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:  # a path component that is a file, no permission
+            raise DataError(
+                f"dataset.data_dir: cannot create the demo dataset under {parent} ({e.strerror or e})"
+            ) from e
+        _remove_abandoned_temporaries(parent, os.path.basename(root))
+        # The owner's host and pid in the name: a later start can tell an abandoned copy from a live one.
+        tmp = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(root)}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=parent
+        )
         try:
             generate_demo_dataset(tmp, **params, sim_config=sim_config)
             _prepare_statistics(tmp, dataset_cfg)
@@ -329,6 +341,31 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
                 shutil.rmtree(tmp, ignore_errors=True)
     _check_manifest(root, {**params, "object_layout": layout})
     return root
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_abandoned_temporaries(parent: str, name: str) -> None:
+    """Delete the hidden temporary copies of ``name`` that a killed generation left in ``parent``.
+
+    Only copies made on this host by a process that no longer exists are removed; a generation still
+    running (here or on another host sharing the file system) keeps its directory.
+    """
+    pattern = re.compile(rf"^\.{re.escape(name)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+    host = socket.gethostname()
+    for entry in os.listdir(parent):
+        found = pattern.match(entry)
+        if found and found["host"] == host and not _pid_alive(int(found["pid"])):
+            logging.warning("removing %s, left by an interrupted demo-data generation", os.path.join(parent, entry))
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _prepare_statistics(root: str, dataset_cfg: Any) -> None:

@@ -30,7 +30,9 @@ as an orbax JSON item (``ocp.args.JsonSave(it.get_state())``); grain's own
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from cosmos_policy_jax.data import workers
 from cosmos_policy_jax.data.errors import DataError
 
 STATE_VERSION = 1
@@ -317,7 +320,9 @@ class PipelineIterator(grain.DatasetIterator):
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self.num_workers, per_worker_buffer_size=max(1, self.prefetch_buffer_size)
-                )
+                ),
+                # Workers end with this process, whatever kills it (their shared memory goes with them).
+                worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()),
             )
         return iter(it_ds)
 
@@ -326,16 +331,20 @@ class PipelineIterator(grain.DatasetIterator):
         if self.num_batches is not None and self._next >= self.num_batches:
             raise StopIteration
         if self._it is None:
-            self._it = self._build()
-        batch = next(self._it)
+            with workers.starting_data_workers():  # grain starts its worker processes on the first batch
+                self._it = self._build()
+                batch = next(self._it)
+        else:
+            batch = next(self._it)
         self._next += 1
         return batch
 
     def start_prefetch(self) -> None:
-        if self._it is None and (self.num_batches is None or self._next < self.num_batches):
-            self._it = self._build()
-        if self._it is not None and hasattr(self._it, "start_prefetch"):
-            self._it.start_prefetch()
+        with workers.starting_data_workers():
+            if self._it is None and (self.num_batches is None or self._next < self.num_batches):
+                self._it = self._build()
+            if self._it is not None and hasattr(self._it, "start_prefetch"):
+                self._it.start_prefetch()
 
     def close(self) -> None:
         if self._it is not None:

@@ -82,13 +82,20 @@ class Episode:
         return any(jpeg for _, jpeg in self.cameras.values())
 
 
+def require_dir(directory: str, what: str) -> None:
+    """``DataError`` naming ``what`` unless ``directory`` is an existing directory."""
+    if directory and os.path.exists(directory) and not os.path.isdir(directory):
+        raise DataError(f"dataset directory {directory!r} is a file, not a directory ({what})")
+    if not directory or not os.path.isdir(directory):
+        raise DataError(f"dataset directory not found: {directory!r} ({what})")
+
+
 def find_hdf5_files(directory: str, *, what: str = "data_dir", split: str | None = None) -> list[str]:
     """Every ``*.h5/.hdf5/.he5`` under ``directory`` (recursive, symlinks followed), sorted by path.
 
     ``split`` keeps only files with a path component equal to it (ALOHA's ``train`` / ``val``).
     """
-    if not directory or not os.path.isdir(directory):
-        raise DataError(f"dataset directory not found: {directory!r} ({what})")
+    require_dir(directory, what)
     files = []
     for root, _dirs, names in os.walk(directory, followlinks=True):
         for name in names:
@@ -129,6 +136,19 @@ def _read_array(f: h5py.File, key: str, path: str) -> np.ndarray:
         return f[key][()]
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{path}: cannot read dataset {key!r} ({_first_line(e)})") from e
+
+
+def _read_numbers(f: h5py.File, key: str, path: str) -> np.ndarray:
+    """A numeric dataset (actions, proprio): strings or other types and NaN/inf values are refused,
+    naming the file, the dataset and the first bad index (a NaN action would only surface later as a
+    diverging loss that names nothing)."""
+    arr = _read_array(f, key, path)
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: dataset {key!r} holds {arr.dtype} values, expected numbers")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise DataError(f"{path}: dataset {key!r} has a non-finite value ({arr[first]}) at index {first}")
+    return arr
 
 
 def _decode_jpeg(data: np.ndarray, where: str) -> np.ndarray:
@@ -230,8 +250,7 @@ class EpisodeSource:
         self.layout = self._compute_layout()
 
         # 1. Demonstrations (skipped entirely when they are never sampled, as in the reference).
-        if not os.path.isdir(self.data_dir):
-            raise DataError(f"dataset directory not found: {self.data_dir!r} (dataset.data_dir)")
+        require_dir(self.data_dir, "dataset.data_dir")
         demos: list[Episode] = self._load_demos() if self.demonstration_sampling_prob > 0 else []
         self._check_dims(demos)
 
@@ -747,8 +766,8 @@ class _DemoGroupReader(EpisodeSource):
                     cameras[role] = (key, is_jpeg)
                 num_steps = int(f[cameras[count_role][0]].shape[0])
                 cameras = {r: cameras[r] for r in self.cameras}
-                actions = self._slice_actions(_read_array(f, f"{label}/actions", path))
-                proprio = _read_array(f, f"{label}/robot_states", path)
+                actions = self._slice_actions(_read_numbers(f, f"{label}/actions", path))
+                proprio = _read_numbers(f, f"{label}/robot_states", path)
                 if self.CAST_DEMOS_TO_FLOAT32:
                     actions, proprio = actions.astype(np.float32), proprio.astype(np.float32)
                 command = self._demo_command(path, group, label)
@@ -777,8 +796,8 @@ class _DemoGroupReader(EpisodeSource):
                 cameras[role] = self._camera_entry(f, path, "rollout", role, r_key, j_key, prefer_jpeg)
             num_steps = int(f[cameras[count_role][0]].shape[0])
             cameras = {r: cameras[r] for r in self.cameras}
-            actions = self._slice_actions(_read_array(f, "actions", path)).astype(np.float32)
-            proprio = _read_array(f, "proprio", path).astype(np.float32)
+            actions = self._slice_actions(_read_numbers(f, "actions", path)).astype(np.float32)
+            proprio = _read_numbers(f, "proprio", path).astype(np.float32)
             command = self._rollout_command(path, f)
             success = bool(f.attrs.get("success", False))
             return self._finish_episode(
@@ -936,8 +955,8 @@ class AlohaSource(EpisodeSource):
     def _read_demo_file(self, path: str) -> list[Episode]:
         with _open_h5(path) as f:
             cameras, num_steps = self._raw_episode(f, path, "demo")
-            actions = _read_array(f, "action", path)
-            proprio = _read_array(f, "observations/qpos", path)
+            actions = _read_numbers(f, "action", path)
+            proprio = _read_numbers(f, "observations/qpos", path)
             command = aloha_instruction(path, f.attrs)
             return [self._finish_episode(path, "demo", f, cameras, num_steps, actions, proprio, command)]
 
@@ -955,8 +974,8 @@ class AlohaSource(EpisodeSource):
                 num_steps = int(f[jpeg["primary"]].shape[0])
             else:
                 cameras, num_steps = self._raw_episode(f, path, "rollout")
-            actions = _read_array(f, "action", path).astype(np.float32)
-            proprio = _read_array(f, "observations/qpos", path).astype(np.float32)
+            actions = _read_numbers(f, "action", path).astype(np.float32)
+            proprio = _read_numbers(f, "observations/qpos", path).astype(np.float32)
             if actions.shape[0] != num_steps:
                 _log.warning("%s: %d frames but %d actions; skipping this rollout", path, num_steps, actions.shape[0])
                 return None

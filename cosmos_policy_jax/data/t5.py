@@ -298,9 +298,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         del torch
         print(f"wrote {len(emb)} embeddings to {args.out}")
         return 0
-    except DataError as e:
+    except (DataError, OSError, ValueError) as e:  # bad input or an unwritable output: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

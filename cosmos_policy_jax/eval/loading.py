@@ -77,6 +77,12 @@ def _restore_orbax_params(step_dir: str, abstract: Any, use_ema: bool | None) ->
         )
     except Exception as e:
         raise EvalInputError(f"{state_dir}: cannot restore {key} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    from cosmos_policy_jax.training import checkpoint as ckpt_lib
+
+    try:  # the trainer's fingerprint: a damaged checkpoint must not be evaluated as if it were good
+        ckpt_lib.verify_fingerprint(step_dir, {key: restored[key]})
+    except ckpt_lib.CorruptCheckpointError as e:
+        raise EvalInputError(str(e)) from e
     return restored[key], f"orbax {step_dir} ({key})"
 
 

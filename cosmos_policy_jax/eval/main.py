@@ -219,7 +219,12 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     if kind not in ("demo", "libero"):
         raise EvalInputError(f"closed-loop evaluation supports the demo and libero configs, not dataset.kind={kind!r}")
     output = opts.output or _default_output(config, opts)
-    os.makedirs(output, exist_ok=True)
+    try:  # before any work: an output that cannot be written is bad input, not a traceback at the end
+        os.makedirs(output, exist_ok=True)
+        if not os.access(output, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise EvalInputError(f"--output {output}: cannot write results there ({e.strerror or e})") from e
 
     stats, stats_path = load_eval_statistics(ds, opts.stats)
     embed = _embedder(config, opts, kind)

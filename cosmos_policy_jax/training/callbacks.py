@@ -58,7 +58,9 @@ class MetricsLogger(Callback):
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(self.dir, "tensorboard"))
+            # On resume, TensorBoard drops the events a previous run logged after the checkpoint.
+            purge = {"purge_step": iteration + 1} if iteration > 0 else {}
+            self._tb = SummaryWriter(os.path.join(self.dir, "tensorboard"), **purge)
         except ImportError:  # tensorboardX is a dependency, but never fail a run over logging
             logging.warning("tensorboardX not available; TensorBoard logging off")
         if self.use_wandb:
@@ -79,21 +81,33 @@ class MetricsLogger(Callback):
                 logging.warning("W&B disabled: %s", e)
 
     def _truncate_after(self, iteration: int) -> None:
-        """On resume, drop rows logged after the checkpoint so the file equals an uninterrupted run."""
+        """On resume, keep one row per logged iteration up to the checkpoint, so the file equals an
+        uninterrupted run: rows after it, torn rows (a crash mid-write) and repeats are dropped."""
         path = os.path.join(self.dir, "metrics.jsonl")
         if not os.path.exists(path):
             return
-        with open(path) as f:
-            rows = [ln for ln in f if ln.strip()]
-        keep = [ln for ln in rows if json.loads(ln).get("iteration", 0) <= iteration]
-        if len(keep) != len(rows):
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+        rows = read_jsonl_lines(lines, path)
+        kept: dict[tuple, dict] = {}
+        for row in rows:
+            if row.get("iteration", 0) <= iteration:
+                kept[(row.get("split", "train"), row.get("iteration", 0))] = row  # a repeat: the last wins
+        if len(rows) - len(kept) > sum(r.get("iteration", 0) > iteration for r in rows):
+            logging.warning("%s: dropped rows that repeat an iteration", path)
+        if len(kept) != len([ln for ln in lines if ln.strip()]):
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
-                f.writelines(keep)
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept.values())
             os.replace(tmp, path)
 
     def _write(self, kind: str, iteration: int, metrics: dict[str, float]) -> None:
-        row = {"iteration": iteration, **({"split": kind} if kind != "train" else {}), **_finite_or_none(metrics)}
+        row = {
+            "iteration": iteration,
+            **({"split": kind} if kind != "train" else {}),
+            **_finite_or_none(metrics),
+            "time": round(time.time(), 3),  # wall clock (unix seconds) when the row was logged
+        }
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
@@ -197,6 +211,25 @@ def build_callbacks(config) -> list[Callback]:
         else:
             raise ValueError(f"trainer.callbacks: unknown callback {name!r}; built-ins: {sorted(BUILTIN)}")
     return out
+
+
+def read_jsonl_lines(lines: list[str], path: str) -> list[dict]:
+    """The JSON objects of a JSONL file's lines; a torn or unparsable line is dropped with a warning."""
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            logging.warning(
+                "%s: line %d is not a JSON object (torn by a crash?); dropping it: %.80r", path, number, line
+            )
+            continue
+        rows.append(row)
+    return rows
 
 
 def _finite_or_none(metrics: dict[str, Any]) -> dict[str, Any]:

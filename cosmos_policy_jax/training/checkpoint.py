@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
 import re
 import time
@@ -95,6 +96,18 @@ def state_fingerprint(state: Any) -> dict[str, int]:
     return {k: int(np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v)) for k, v in out.items()}
 
 
+@jax.jit
+def _all_finite(leaves: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: jnp.all(jnp.isfinite(v)) for k, v in leaves.items()}
+
+
+def nonfinite_arrays(tree: Any) -> list[str]:
+    """Sorted keys (as in the fingerprint) of the floating-point arrays of ``tree`` holding NaN or inf."""
+    leaves = {k: v for k, v in _flat_arrays(tree).items() if jnp.issubdtype(v.dtype, jnp.inexact)}
+    flags = jax.device_get(_all_finite(leaves))
+    return sorted(k for k, ok in flags.items() if not bool(ok))
+
+
 def _all_processes_ok(ok: bool) -> bool:
     """Whether every process succeeded (a failure on one process must stop all of them alike)."""
     if jax.process_count() == 1:
@@ -110,6 +123,29 @@ def _listing(names: list[str], limit: int = 4) -> str:
 def _first_line(error: BaseException) -> str:
     text = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
     return text.splitlines()[0][:300] if text.splitlines() else text
+
+
+class _ExceptionsAsOneLine(py_logging.Filter):
+    """Below INFO verbosity (the CLI's default), an exception logged by orbax's save threads is one line.
+
+    The trainer reports the failure itself as its last line (``error: ...``); a full disk would
+    otherwise print every background thread's traceback around it. ``--verbosity=0`` (INFO) or
+    higher shows the tracebacks again.
+    """
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and logging.get_verbosity() < logging.INFO:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {_first_line(error)})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_background_tracebacks() -> None:
+    logger = py_logging.getLogger("absl")
+    if not any(isinstance(f, _ExceptionsAsOneLine) for f in logger.filters):
+        logger.addFilter(_ExceptionsAsOneLine())
 
 
 @dataclasses.dataclass
@@ -135,6 +171,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
         self._in_flight: int | None = None  # the step whose async save has not been confirmed yet
+        _quiet_background_tracebacks()
         if not read_only:
             self._report_incomplete()
         options = ocp.CheckpointManagerOptions(
@@ -250,17 +287,7 @@ class Checkpointer:
 
     def verify(self, iteration: int, state: Any) -> None:
         """Raise ``CorruptCheckpointError`` if ``state`` differs from the fingerprint saved with it."""
-        if not os.path.isdir(os.path.join(self.step_dir(iteration), FINGERPRINT)):
-            logging.warning("checkpoint %s has no fingerprint (older format); not verified", self.step_dir(iteration))
-            return
-        saved = self.manager.restore(iteration, args=ocp.args.Composite(**{FINGERPRINT: ocp.args.JsonRestore()}))
-        saved = saved[FINGERPRINT]
-        got = state_fingerprint(state)
-        bad = sorted(k for k in got if saved.get(k) != got[k])
-        if bad:
-            raise CorruptCheckpointError(
-                f"{len(bad)} array(s) differ from the fingerprint written at save time: {_listing(bad)}"
-            )
+        verify_fingerprint(self.step_dir(iteration), state)
 
     def _data_state_of_other_layout(self, iteration: int) -> bytes:
         """The data position of a checkpoint written by another number of processes.
@@ -334,16 +361,21 @@ class Checkpointer:
         return restored[STATE], data
 
     def restore_params(self, iteration: int, abstract_params: Any, *, ema: bool = False) -> Any:
-        """Only the (EMA) parameters of a checkpoint, placed with ``abstract_params``' shardings."""
+        """Only the (EMA) parameters of a checkpoint, placed with ``abstract_params``' shardings and
+        checked against the checkpoint's fingerprint (``CorruptCheckpointError``)."""
         field = "ema_params" if ema else "params"
         self.check_compatible(iteration, abstract_params, prefix=field)
-        restored = self.manager.restore(
-            iteration,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.PyTreeRestore(item={field: abstract_params}, partial_restore=True)}
+        # The manager's state handler (StandardCheckpointHandler) cannot restore a part of the tree;
+        # a PyTree checkpointer on the item directory can.
+        item = {field: abstract_params}
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.join(self.step_dir(iteration), STATE),
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
             ),
         )
-        return restored[STATE][field]
+        verify_fingerprint(self.step_dir(iteration), {field: restored[field]})
+        return restored[field]
 
     def restore_config(self, iteration: int) -> dict:
         return self.manager.restore(iteration, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
@@ -413,6 +445,31 @@ class Checkpointer:
         if jax.process_index() == 0:
             print(f"warning: {msg}", flush=True)
         self.manager.reload()
+
+
+def verify_fingerprint(step_dir: str, tree: Any) -> None:
+    """Check restored arrays against the fingerprint the trainer saved in ``step_dir``.
+
+    ``tree`` is the whole train state or a part of it keyed as in the train state (e.g.
+    ``{"params": params}`` or ``{"ema_params": ...}``); only its arrays are compared. Raises
+    ``CorruptCheckpointError`` naming ``step_dir`` and the differing arrays; a checkpoint written
+    before fingerprints existed is accepted with a warning. A collective in multi-process jobs.
+    """
+    where = os.path.join(step_dir, FINGERPRINT)
+    if not os.path.isdir(where):
+        logging.warning("checkpoint %s has no fingerprint (older format); not verified", step_dir)
+        return
+    try:
+        saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(where)
+    except Exception as e:  # orbax/JSON errors on a damaged fingerprint file
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: unreadable fingerprint ({_first_line(e)})") from e
+    got = state_fingerprint(tree)
+    bad = sorted(k for k in got if not isinstance(saved, dict) or saved.get(k) != got[k])
+    if bad:
+        raise CorruptCheckpointError(
+            f"checkpoint {step_dir}: {len(bad)} array(s) differ from the fingerprint written at save time: "
+            f"{_listing(bad)}"
+        )
 
 
 def is_orbax_checkpoint_dir(path: str) -> bool:

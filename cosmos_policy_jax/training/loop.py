@@ -11,7 +11,6 @@ non-finite are made up for there, so checkpoints always sit on window boundaries
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -33,7 +32,8 @@ from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
-from cosmos_policy_jax.training.callbacks import Callback, build_callbacks
+from cosmos_policy_jax.training import joblock
+from cosmos_policy_jax.training.callbacks import Callback, build_callbacks, read_jsonl_lines
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
 from cosmos_policy_jax.training.optimizer import make_optimizer
 from cosmos_policy_jax.training.state import (
@@ -57,11 +57,12 @@ BAD_INPUT_ERRORS = (
     CheckpointFormatError,
     UnsafeCheckpointError,
     ckpt_lib.CheckpointError,
+    joblock.JobDirectoryError,
     FileNotFoundError,
 )
 
 # Metrics that measure time/speed/memory: they differ between otherwise identical runs.
-TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s")
+TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s", "time")
 
 # Dense bf16 peak TFLOP/s per device for MFU, by device kind substring (override: trainer.peak_tflops).
 PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "B200": 2250.0, "L40S": 362.0, "TPU v5p": 459.0}
@@ -190,6 +191,10 @@ class Trainer:
             params = jax.device_put(params, shardings_of(defs.dit_abstract_params))
             msg = f"loaded DiT weights from {report_src}: {report.summary()}"
             logging.info("loaded keys: %s", ", ".join(report.loaded))
+        if bad := ckpt_lib.nonfinite_arrays({"params": params}):
+            raise WeightImportError(
+                f"checkpoint.load_path {path}: non-finite values (NaN/inf) in {len(bad)} array(s): {', '.join(bad[:4])}"
+            )
         logging.warning("%s", msg)
         if self.is_main:
             print(f"[cosmos_policy_jax] {msg}", flush=True)
@@ -224,6 +229,10 @@ class Trainer:
     # -- main ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        from cosmos_policy_jax.parallel.distributed import broadcast_string
+
+        # One run per job directory, taken before anything in it is read or written (process 0 holds it).
+        lock = joblock.acquire_for_job(self.config.job.path_local, self.is_main, share=broadcast_string)
         try:
             return self._run()
         except BaseException:
@@ -234,6 +243,9 @@ class Trainer:
                 with contextlib.suppress(Exception):
                     self._ck.wait()
             raise
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _run(self) -> int:
         config, mesh = self.config, self.mesh
@@ -247,6 +259,13 @@ class Trainer:
         )
         self._ck = ck
         start_iter, state, data_state = self._restore(defs, tx, ck)
+        if start_iter > int(config.trainer.max_iter):  # before any job file is rewritten
+            raise config_lib.ConfigError(
+                [
+                    f"trainer.max_iter={int(config.trainer.max_iter)} is already passed: the restored checkpoint is at "
+                    f"iteration {start_iter}; raise trainer.max_iter or use another job.path_local"
+                ]
+            )
         vae_params = create_vae_params(config, defs, mesh)
         dit_rest = create_dit_rest(defs, mesh, config)
 
@@ -428,8 +447,10 @@ def run(config, mesh, launch_info: dict | None = None) -> int:
 
 
 def read_metrics(job_dir: str) -> list[dict]:
-    with open(os.path.join(job_dir, "metrics.jsonl")) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+    """The rows of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is skipped with a warning)."""
+    path = os.path.join(job_dir, "metrics.jsonl")
+    with open(path, "rb") as f:
+        return read_jsonl_lines(f.read().decode("utf-8", errors="replace").splitlines(), path)
 
 
 def deterministic_row(row: dict) -> dict:

@@ -127,3 +127,19 @@ def test_import_vae_dispatch(tmp_path):
     params, meta = load_nnx_params(tmp_path / "vae_params.safetensors")
     assert meta["model"] == "vae"
     assert sum(v.size for v in _flat(params).values()) == sum(v.size for v in ref.values())
+
+
+def test_bad_output_paths_exit_2_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    src = fixture_path("dit_checkpoint_net.pt")
+    for output, expected in (
+        (f"{blocker}/sub/", "is a file, not a directory"),
+        (f"{blocker}/params.safetensors", "is a file, not a directory"),
+        (str(tmp_path / "params.bin"), "must be a directory or a .safetensors file"),
+    ):
+        res = _cli("import", "--model=dit", CONFIG, f"--input={src}", f"--output={output}")
+        err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert res.returncode == 2 and len(err) == 1 and expected in err[0], res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -255,3 +255,38 @@ def test_dimension_mismatch_with_config(data):
 
 def test_non_positive_sizes():
     _expect(lambda: LiberoSource("/nonexistent", chunk_size=0), "chunk_size")
+
+
+def test_dataset_root_that_is_a_file(data, tmp_path):
+    afile = tmp_path / "not_a_dir"
+    afile.write_text("x")
+    _expect(lambda: data["build"](data_dir=str(afile)), str(afile), "is a file, not a directory", "data_dir")
+    _expect(lambda: data["build"](rollout_data_dir=str(afile)), "is a file, not a directory", "rollout_data_dir")
+
+
+@pytest.mark.parametrize(
+    "where,value,needle",
+    [
+        ("demo", np.array([[b"left"] * 7] * 4), "holds |S4 values, expected numbers"),
+        ("demo", "nan", "has a non-finite value (nan) at index (2, 3)"),
+        ("rollout", "inf", "has a non-finite value (inf) at index (2, 3)"),
+        ("rollout", np.array([["x"] * 7] * 4, dtype=object), "holds object values, expected numbers"),
+    ],
+)
+def test_non_numeric_or_non_finite_actions_name_file_and_key(data, where, value, needle):
+    path = _raw_demo_file(data) if where == "demo" else data["rollout_files"][0]
+    key = "data/demo_1/actions" if where == "demo" else "actions"
+    with h5py.File(path, "a") as f:
+        if isinstance(value, str):
+            actions = f[key][()]
+            actions[2, 3] = float(value)
+        else:
+            actions = value
+        del f[key]
+        if actions.dtype == object:
+            f.create_dataset(key, data=actions.astype("S"), dtype=h5py.string_dtype())
+        else:
+            f[key] = actions
+    before = _snapshot(data["root"])
+    _expect(data["build"], os.path.basename(path), repr(key), needle)
+    assert _snapshot(data["root"]) == before

@@ -4,6 +4,11 @@ import concurrent.futures
 import glob
 import hashlib
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -175,3 +180,32 @@ def test_make_source_for_demo_feeds_the_pipeline(tmp_path):
     it = pipeline.build_pipeline(src, batch_size_per_process=4, dp_rank=0, dp_size=1, shuffle=True)
     batch = next(it)
     assert batch["video"].shape == (4, 3, 33, 16, 16) and batch["actions"].shape == (4, cfg.chunk_size, 7)
+
+
+_GENERATE = """
+import sys
+from tests.data.test_demo import _demo_cfg
+from cosmos_policy_jax.data import demo_gen
+demo_gen.ensure_demo_dataset(_demo_cfg(sys.argv[1], demo_num_episodes=400, demo_num_rollouts=400))
+"""
+
+
+def test_interrupted_generation_is_cleaned_up_on_the_next_start(tmp_path):
+    """SIGKILL during the first generation leaves a hidden temporary directory; the next start removes
+    it (its owner is dead) and keeps the one of a generation that is still running."""
+    root = tmp_path / "demo_reach"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _GENERATE, str(root)], env=env, cwd=env["PYTHONPATH"])
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in tmp_path.iterdir() if p.name.startswith(".demo_reach.tmp-")]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the generation did not start"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    (abandoned,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".demo_reach.tmp-")]
+    live = tmp_path / f".demo_reach.tmp-{socket.gethostname()}-{os.getpid()}-abcd1234"  # this process: alive
+    live.mkdir()
+    demo_gen.ensure_demo_dataset(_demo_cfg(str(root)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "demo_reach"]), abandoned

@@ -132,7 +132,8 @@ def test_cli_list_and_convert(tmp_path, capsys):
     a = t5_lib.load_t5_embeddings(os.path.join(root, "t5_embeddings.pkl"))
     b = t5_lib.load_t5_embeddings(dst)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert t5_lib.main(["list", "--kind", "libero", "--data_dir", str(tmp_path / "missing")]) == 1
+    # bad input: exit 2, like every CLI
+    assert t5_lib.main(["list", "--kind", "libero", "--data_dir", str(tmp_path / "missing")]) == 2
     assert "dataset directory not found" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -202,20 +203,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lose_peer(args: list[str], env: dict[str, str], log_dir: Path, *, after: int, sig: int, heartbeat_s: float):
+# A lost peer is noticed after the heartbeat timeout; on a loaded machine a starved process can miss
+# heartbeats too, so the timeout is at least this many measured training steps.
+HEARTBEAT_STEPS = 20
+
+
+def measured_step_time(job: Path | str) -> float | None:
+    """Median ``step_time_s`` of a finished job on this machine (None if it logged none)."""
+    times = [r["step_time_s"] for r in read_metrics(str(job)) if r.get("step_time_s")]
+    return float(np.median(times)) if times else None
+
+
+def lose_peer(
+    args: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    after: int,
+    sig: int,
+    heartbeat_s: float,
+    step_time_s: float | None = None,
+) -> tuple[int, float, Run, float]:
     """Train ``args`` as two processes (coordinator on 127.0.0.1), send ``sig`` to process 1 once process
     0 has logged ``after`` iterations, and wait for process 0 to end.
 
-    Returns (process 0's exit code, seconds from the signal to its exit, process 0's Run). Both processes
-    are killed on the way out, whatever happened.
+    The heartbeat timeout is ``max(heartbeat_s, HEARTBEAT_STEPS * step_time_s)``. If process 0 ends
+    before ``after`` (the peer was not touched yet: a heartbeat missed on a busy machine, not the fault
+    under test), the job directory is cleared and the run retried once with three times the timeout,
+    saying so on stderr. Returns (process 0's exit code, seconds from the signal to its exit, process
+    0's Run, the heartbeat timeout used). Both processes are killed on the way out, whatever happened.
     """
+    heartbeat = max(float(heartbeat_s), HEARTBEAT_STEPS * (step_time_s or 0.0))
+    job = next(a.split("=", 1)[1] for a in args if a.startswith("--config.job.path_local="))
+    for attempt in range(2):
+        env = {**env, "COSMOS_POLICY_HEARTBEAT_TIMEOUT_S": str(math.ceil(heartbeat))}
+        try:
+            return (*_lose_peer_once(args, env, log_dir / f"attempt{attempt}", after, sig, heartbeat), heartbeat)
+        except _ExitedEarly as e:
+            if attempt == 1:
+                raise AssertionError(f"process 0 ended before iteration {after} twice\n{e}") from None
+            print(
+                f"lose_peer: process 0 ended before iteration {after} with a {heartbeat:g} s heartbeat "
+                f"(a busy machine?); retrying once with {3 * heartbeat:g} s\n{e}",
+                file=sys.stderr,
+            )
+            shutil.rmtree(job, ignore_errors=True)
+            heartbeat *= 3
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(Exception):
+    pass
+
+
+def _lose_peer_once(args, env, log_dir: Path, after: int, sig: int, heartbeat: float) -> tuple[int, float, Run]:
     mp = ["--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes=2"]
     procs = [start([*args, *mp, f"--process_id={i}"], env, log_dir / f"p{i}") for i in range(2)]
     try:
-        wait_for(procs[0], lambda: procs[0].progress() >= after, f"iteration {after}", timeout=600)
+        try:
+            wait_for(procs[0], lambda: procs[0].progress() >= after, f"iteration {after}", timeout=600)
+        except AssertionError as e:
+            if procs[0].returncode is not None:
+                raise _ExitedEarly(str(e)[-3000:]) from None
+            raise
         procs[1].proc.send_signal(sig)
         lost_at = time.monotonic()
-        rc = procs[0].wait(heartbeat_s + 110)
+        rc = procs[0].wait(heartbeat + 110)
         return rc, time.monotonic() - lost_at, procs[0]
     finally:
         for p in procs:

@@ -49,6 +49,27 @@ ELSEWHERE: dict[str, list[str]] = {
     "no checkpoint restorable": [
         "tests/reliability/test_checkpoints.py::test_no_restorable_checkpoint_fails_without_moving_anything"
     ],
+    # issue 19
+    "crafted .pt/.pkl tensor views outside their storage or over the byte budget (convert, T5 tool)": [
+        "tests/convert/test_torch_pickle_bounds.py::test_convert_cli_refuses_crafted_checkpoints",
+        "tests/convert/test_torch_pickle_bounds.py::test_t5_tool_refuses_crafted_files",
+    ],
+    "bad --output of convert": ["tests/convert/test_cli.py::test_bad_output_paths_exit_2_before_any_work"],
+    "bad --output of eval": ["tests/reliability/test_bad_input.py::test_eval_output_that_cannot_be_written"],
+    "T5 tool: bad input exits 2": ["tests/data/test_t5.py::test_cli_list_and_convert"],
+    "second run on a job directory in use": [
+        "tests/reliability/test_job_dir.py::test_two_runs_on_one_job_dir_one_is_refused_naming_the_holder"
+    ],
+    "resume asked to stop at an iteration already passed": [
+        "tests/reliability/test_job_dir.py::test_torn_metrics_resume_and_a_stop_already_passed"
+    ],
+    "non-numeric, wrongly typed or NaN actions in a dataset": [
+        "tests/data/test_data_errors.py::test_non_numeric_or_non_finite_actions_name_file_and_key"
+    ],
+    "dataset root that is a file (reader)": ["tests/data/test_data_errors.py::test_dataset_root_that_is_a_file"],
+    "eval of a checkpoint that differs from its fingerprint": [
+        "tests/training/test_checkpoint_fingerprint.py::test_eval_loader_refuses_a_checkpoint_that_differs_from_its_fingerprint"
+    ],
 }
 
 
@@ -95,6 +116,20 @@ def _break_fixture_hdf5(ctx: Ctx) -> None:
                 ctx.broken = path.name  # type: ignore[attr-defined]
                 return
     raise AssertionError("the fixture has no raw-image demo file")
+
+
+def _a_file(ctx: Ctx) -> None:
+    (ctx.tmp / "a_file").write_text("not a directory")
+
+
+def _nan_weights(ctx: Ctx) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(ctx.reference / "export" / "net.safetensors"))
+    key = next(k for k in sorted(weights) if k.endswith(".weight"))  # a trained weight, not a counter
+    weights[key] = weights[key].copy()
+    weights[key].flat[0] = float("nan")
+    save_file(weights, str(ctx.tmp / "nan_weights.safetensors"))
 
 
 CASES = [
@@ -165,6 +200,35 @@ CASES = [
         checkpoints=True,
     ),
     Case(
+        "job path that is a file",
+        lambda c: [f"--config.job.path_local={c.tmp}/a_file"],
+        lambda c: ("JobDirectoryError", f"{c.tmp}/a_file is a file, not a directory"),
+        prepare=_a_file,
+    ),
+    Case(
+        "data root that is a file",
+        lambda c: [
+            "--config.dataloader_train.dataset.kind=libero",
+            *(
+                f"--config.dataloader_train.dataset.{key}={c.tmp}/a_file"
+                for key in ("data_dir", "rollout_data_dir", "t5_text_embeddings_path")
+            ),
+        ],
+        lambda c: ("DataError", f"{c.tmp}/a_file", "is a file, not a directory", "data_dir"),
+        prepare=_a_file,
+    ),
+    Case(
+        "non-numeric device ids",
+        lambda c: ["--local_device_ids=0,x"],
+        lambda c: ("--local_device_ids", "0,x"),
+    ),
+    Case(
+        "non-finite weights in checkpoint.load_path",
+        lambda c: [f"--config.checkpoint.load_path={c.tmp}/nan_weights.safetensors"],
+        lambda c: ("WeightImportError", f"{c.tmp}/nan_weights.safetensors", "non-finite values (NaN/inf) in 1 array"),
+        prepare=_nan_weights,
+    ),
+    Case(
         "coordinator port already in use",
         lambda c: [f"--coordinator_address=127.0.0.1:{c.port}", "--num_processes=2", "--process_id=0"],
         lambda c: (f"port {c.port}", "already in use", f"--coordinator_address=127.0.0.1:{c.port + 1}"),
@@ -215,8 +279,27 @@ def test_out_of_disk_during_a_checkpoint_save(compile_cache, tmp_path):
     (line,) = r.error_lines()
     assert f"CheckpointError: checkpoint 4: save to {job}/checkpoints/4 failed (No space left on device)" in line
     assert "earlier checkpoints are intact" in line
+    # the error line is the last thing said, and no background thread's traceback surrounds it
+    assert r.stderr().rstrip().splitlines()[-1] == line and "Traceback" not in r.stderr(), r.tail()
     assert "2" in helpers.checkpoint_steps(job) and "4" not in helpers.checkpoint_steps(job)
     again = helpers.run(args, env, tmp_path / "restart")
     assert again.returncode == 0, again.tail()
     assert f"resuming from {job}/checkpoints/2" in again.stdout()
     assert os.path.exists(job / "export" / "net.safetensors")
+
+
+def test_eval_output_that_cannot_be_written(tmp_path):
+    """``eval --output`` under a file: one line naming it, exit 2, before any episode runs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a_file").write_text("x")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(helpers.ROOT)}
+    args = ["--config=configs/cosmos_policy.py:demo", "--policy=random", f"--output={tmp_path}/a_file/eval"]
+    res = subprocess.run(
+        [sys.executable, "-m", "cosmos_policy_jax.eval", *args, "--episodes=1"],
+        cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1, res.stderr[-2000:]
+    assert f"--output {tmp_path}/a_file/eval" in errors[0] and "Traceback" not in res.stderr
