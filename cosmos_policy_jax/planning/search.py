@@ -56,7 +56,7 @@ class PlanResult:
 
 def _rep(x: jax.Array | None, k: int) -> jax.Array | None:
     """Each row repeated k times in place (row r -> rows r*k ... r*k+k-1)."""
-    return None if x is None or k == 1 else jnp.repeat(x, k, axis=0)
+    return x if x is None or k == 1 else jnp.repeat(x, k, axis=0)
 
 
 def state_ranges(cfg: PolicyConfig) -> tuple[list[int], list[int]]:

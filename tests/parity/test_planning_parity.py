@@ -480,3 +480,44 @@ def test_best_of_n(fx, model_info, models, case):
             _close(agg.aggregate_depth(res.values_by_depth[0], scheme), t[key], key, CHAINED)
     for cam in (k.rsplit(".", 1)[1] for k in t if k.startswith(f"{case}.future_image_predictions.")):
         _images_close(res.future_images[cam][0], t[f"{case}.future_image_predictions.{cam}"], f"{case} {cam}")
+
+
+@pytest.mark.slow
+def test_results_do_not_depend_on_batching(fx, model_info, models):
+    """M observations x N queries in one call == every (observation, query) planned alone (seed base + q)."""
+    _, _, cfg, images, proprio, emb, _ = _fn(fx, model_info)
+    pcfg = PlanningConfig(
+        num_queries_best_of_n=3,
+        ar_future_prediction=True,
+        ar_value_prediction=True,
+        num_denoising_steps_action=3,
+        num_denoising_steps_future_state=2,
+        num_denoising_steps_value=3,
+        use_ensemble_value_predictions=True,
+        num_value_predictions_in_ensemble=2,
+        value_ensemble_aggregation_scheme="average",
+        mask_current_state_action_for_value_prediction=True,
+        seed=7,
+    )
+    # Two different observations: the second one mirrored, with another proprio.
+    imgs2 = {k: np.concatenate([v, v[:, :, ::-1]]) for k, v in images.items()}
+    pro2 = np.concatenate([proprio, np.clip(-proprio, -1, 1)])
+    emb2 = np.concatenate([np.asarray(emb)] * 2)
+    batched = search.plan(models, cfg, pcfg, imgs2, pro2, emb2)
+    for m in range(2):
+        for q in range(pcfg.num_queries_best_of_n):
+            one = dataclasses_replace(pcfg, num_queries_best_of_n=1, seed=pcfg.seed + q)
+            alone = search.plan(
+                models, cfg, one, {k: v[m : m + 1] for k, v in imgs2.items()}, pro2[m : m + 1], emb2[m : m + 1]
+            )
+            _close(
+                batched.all_actions_normalized[m, q], alone.all_actions_normalized[0, 0], f"actions m={m} q={q}", SINGLE
+            )
+            _close(batched.all_values[m, q], alone.all_values[0, 0], f"value m={m} q={q}", SINGLE)
+        assert batched.selected_query[m] == agg.select_query(list(batched.all_values[m]))
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
