@@ -26,7 +26,10 @@ class PlanningPolicy:
 
     def plan(self, batch: PolicyInput, seed: int, *, return_future_images: bool = False) -> PlanResult:
         """The full planning result for ``batch`` (normalised actions; see ``search.PlanResult``)."""
-        proprio = bf16_proprio(batch.proprio, self.stats) if self.cfg.layout.has("current_proprio") else None
+        proprio = None
+        if self.cfg.layout.has("current_proprio"):
+            # The reference's bf16 models round the proprio to bf16; a float32 model was trained without it.
+            proprio = bf16_proprio(batch.proprio, self.stats, round_bf16=self.cfg.precision == "bfloat16")
         pcfg = dataclasses.replace(self.pcfg, seed=int(seed))
         return plan(
             self.models, self.cfg, pcfg, batch.images, proprio, batch.embedding,

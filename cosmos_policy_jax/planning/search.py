@@ -230,12 +230,15 @@ def _future_images(models, cfg, pcfg, samples, clean, k: int, m: int, n: int) ->
     return {s: np.stack([o[s] for o in out]).reshape(m, n, *out[0][s].shape) for s in out[0]}
 
 
-def bf16_proprio(proprio: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Normalised proprio as the reference injects it: float64 normalisation, then float32, then bfloat16."""
+def bf16_proprio(proprio: np.ndarray, stats: dict[str, np.ndarray], *, round_bf16: bool = True) -> np.ndarray:
+    """Normalised proprio as the reference injects it: float64 normalisation, then float32, then bfloat16.
+
+    ``round_bf16=False`` keeps float32 (a float32-trained model saw unrounded proprio in training).
+    """
     from cosmos_policy_jax.eval.preprocess import normalize_proprio
 
     p = normalize_proprio(np.asarray(proprio), stats).astype(np.float32)
-    return np.asarray(jnp.asarray(p).astype(jnp.bfloat16).astype(jnp.float32))
+    return np.asarray(jnp.asarray(p).astype(jnp.bfloat16).astype(jnp.float32)) if round_bf16 else p
 
 
 def unnormalize(actions: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
