@@ -78,6 +78,15 @@ def models(model_info):
     return search.Models(policy=net, vae=vae)
 
 
+def _base_sampler(call: dict) -> dict:
+    """The sampler settings of a recorded call with its variance scaling (if any) divided out."""
+    s = dict(call["sampler"])
+    if call["use_variance_scale"]:
+        hi, lo = variance_scales(call["seed"])
+        s["sigma_max"], s["sigma_min"] = s["sigma_max"] / hi, s["sigma_min"] / lo
+    return s
+
+
 def _cfg(model_info, part: dict, sampler: dict) -> PolicyConfig:
     layout = LatentLayout.from_mapping(LAYOUTS[part["suite"]], part["state_t"], part["n_cond"])
     return PolicyConfig.from_reference(
@@ -113,7 +122,7 @@ def _fn(fx, model_info):
     t, meta = fx
     part = meta["fn"]
     act = meta["cases"]["fn.act"]
-    cfg = _cfg(model_info, part, act["calls"][0]["sampler"])
+    cfg = _cfg(model_info, part, _base_sampler(act["calls"][0]))
     want = {k[: -len("_latent_idx")]: v for k, v in act["latent_indices"].items()}
     for slot, idx in want.items():
         assert cfg.layout.index(slot) == idx, f"layout of suite {part['suite']}: {slot}"
@@ -218,9 +227,9 @@ def test_variance_scale_draws(fx):
     hi, lo = variance_scales(case["seed"])
     np.testing.assert_array_equal(np.array([hi, lo]), t["fn.act_vs.scales"])
     s = case["calls"][0]["sampler"]
-    assert s["sigma_max"] == pytest.approx(80.0 * hi, rel=1e-12) and s["sigma_min"] == pytest.approx(
-        4.0 * lo, rel=1e-12
-    )
+    base = meta["cases"]["fn.act"]["calls"][0]["sampler"]  # the same sampler without variance scaling
+    assert s["sigma_max"] == pytest.approx(base["sigma_max"] * hi, rel=1e-12)
+    assert s["sigma_min"] == pytest.approx(base["sigma_min"] * lo, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,11 +453,13 @@ def test_best_of_n(fx, model_info, models, case):
     part = meta["act"]
     info = meta["cases"][case]
     flags = info["cfg"]
-    cfg = _cfg(model_info, part, info["calls"][0]["sampler"])
+    cfg = _cfg(model_info, part, _base_sampler(info["calls"][0]))
     pcfg = _planning_config(flags)
-    assert not flags["randomize_seed"] and not flags["use_jpeg_compression"]
+    assert not flags["randomize_seed"]
     spec = preprocess.ImagePreprocessing(
-        image_size=part["image_size"], jpeg_quality=None, center_crop=flags["trained_with_image_aug"]
+        image_size=part["image_size"],
+        jpeg_quality=preprocess.DEFAULT_JPEG_QUALITY if flags["use_jpeg_compression"] else None,
+        center_crop=flags["trained_with_image_aug"],
     )
     images = {
         slot: preprocess.preprocess_images(t[f"act.obs.{k}"][None], spec) for k, slot in CAMERAS[part["suite"]].items()
