@@ -192,3 +192,58 @@ def sample_jax(
 
         (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), coeffs)
     return call(x, jnp.float32(plan.sigmas[-1]))
+
+
+def stack_plans(plans: list[SolverPlan]) -> tuple[np.ndarray, ...]:
+    """Per-sample plans as (L, B) coefficient arrays plus the (B,) sigma of the final call.
+
+    Samples with fewer denoiser calls get identity updates (x <- 1 x + 0 x0) in front of their own
+    steps, so one scan of the longest plan runs every sample's exact update sequence; the first real
+    update of a plan never reads x0_prev, so what the padding calls predicted is never used.
+    """
+    if not plans:
+        raise ValueError("stack_plans needs at least one plan")
+    n = max(p.a.shape[0] for p in plans)
+    cols = []
+    for p in plans:
+        pad = n - p.a.shape[0]
+        first = p.sigmas[0]
+        cols.append(
+            (
+                np.concatenate([np.full(pad, first), p.sigmas[: p.a.shape[0]]]),
+                np.concatenate([np.ones(pad), p.a]),
+                np.concatenate([np.zeros(pad), p.b_cur]),
+                np.concatenate([np.zeros(pad), p.b_prev]),
+            )
+        )
+    stacked = tuple(np.stack([c[i] for c in cols], axis=1) for i in range(4))
+    return (*stacked, np.array([p.sigmas[-1] for p in plans]))
+
+
+def sample_jax_per_sample(denoise_fn: DenoiseFn, x_init: jax.Array, plans: list[SolverPlan]) -> jax.Array:
+    """``sample_jax`` where every sample of the batch follows its own plan (step count and sigma range).
+
+    Used to batch queries whose seeds draw different variance scales, or ensemble members with
+    different step counts, into one call; sample i equals ``sample_jax`` run on it alone with plans[i].
+    """
+    x = jnp.asarray(x_init, jnp.float32)
+    if len(plans) != x.shape[0]:
+        raise ValueError(f"need one sampler plan per sample: {len(plans)} plans for a batch of {x.shape[0]}")
+    sigmas, a, b_cur, b_prev, final = stack_plans(plans)
+    bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
+
+    def call(xx: jax.Array, sigma: jax.Array) -> jax.Array:
+        return jnp.asarray(denoise_fn(xx, sigma)).astype(jnp.float32)
+
+    if sigmas.shape[0] > 0:
+        coeffs = tuple(jnp.asarray(c, jnp.float32) for c in (sigmas, a, b_cur, b_prev))
+
+        def body(carry, c):
+            xx, x0_prev = carry
+            sigma, ca, cb, cp = c
+            x0 = call(xx, sigma)
+            ca, cb, cp = (v.reshape(bshape) for v in (ca, cb, cp))
+            return (ca * xx + cb * x0 + cp * x0_prev, x0), None
+
+        (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), coeffs)
+    return call(x, jnp.asarray(final, jnp.float32))

@@ -55,6 +55,9 @@ class EvalOptions:
     center_crop: bool | None = None  # None: when the model was trained with crop augmentation
     flip: bool | None = None  # None: LIBERO yes, demo no
     env_processes: bool | None = None  # LIBERO: one process per environment (None: when num_envs > 1)
+    planning: Any = None  # planning.config.PlanningConfig; None or plain: the ordinary policy query
+    planning_checkpoint: str = ""
+    save_rollouts: str = ""  # directory for rollout HDF5 files (reference all_episodes layout)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -123,6 +126,17 @@ def _build_policy(config: Any, opts: EvalOptions, stats: dict[str, np.ndarray]) 
         return policies.RandomPolicy(stats, chunk), {"policy": "random"}
     if opts.policy == "mean_action":
         return policies.MeanActionPolicy(stats, chunk), {"policy": "mean_action"}
+    if opts.planning is not None and not (opts.planning.plain and not opts.planning_checkpoint):
+        from cosmos_policy_jax.planning.policy import build_planning_policy
+
+        return build_planning_policy(
+            config,
+            opts.checkpoint,
+            stats,
+            opts.planning,
+            planning_checkpoint=opts.planning_checkpoint,
+            use_ema=opts.use_ema,
+        )
     from cosmos_policy_jax.eval.model_policy import build_model_policy
 
     return build_model_policy(config, opts.checkpoint, stats, use_ema=opts.use_ema, num_steps=opts.num_steps)
@@ -258,6 +272,13 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
             }
             with open(jsonl, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if opts.save_rollouts:
+                from cosmos_policy_jax.eval.rollout_writer import write_rollout
+
+                write_rollout(
+                    opts.save_rollouts, res, suite=env_meta.get("task_suite") or env_meta["env"], tag=opts.policy
+                )
+                res.steps = None
             log(
                 f"[eval] episode {res.spec.index}: {res.instruction!r} trial {res.spec.trial}: success={res.success} length={res.length}"
             )
@@ -272,6 +293,7 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
             record=lambda s: s.index < opts.save_videos,
             on_episode=on_episode,
             seed=opts.seed,
+            keep_steps=lambda s: bool(opts.save_rollouts),
         )
     finally:
         env.close()
@@ -368,6 +390,10 @@ def _define_flags():
     flags.DEFINE_enum(
         "env_processes", "auto", ["auto", "true", "false"], "LIBERO: one process per env (auto: when num_envs > 1)"
     )
+    flags.DEFINE_string("save_rollouts", "", "Write every episode as a rollout HDF5 file (all_episodes layout) here")
+    from cosmos_policy_jax.planning import flags as planning_flags
+
+    planning_flags.define_flags()  # best-of-N planning, the reference's flag names (docs/planning.md)
     flags.DEFINE_string(
         "compilation_cache",
         os.environ.get(
@@ -385,6 +411,7 @@ def main(argv: list[str]) -> int:
     from absl import flags
 
     from cosmos_policy_jax import config_lib
+    from cosmos_policy_jax.planning import flags as planning_flags
 
     f = flags.FLAGS
     if len(argv) > 1:
@@ -421,6 +448,9 @@ def main(argv: list[str]) -> int:
             center_crop=_tri(f.center_crop),
             flip=_tri(f.flip),
             env_processes=_tri(f.env_processes),
+            planning=planning_flags.config_from_flags(f, f.num_steps or f.config.model.sampler.num_steps),
+            planning_checkpoint=f.planning_checkpoint,
+            save_rollouts=f.save_rollouts,
         )
         evaluate(f.config, opts)
     except (EvalInputError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:

@@ -74,6 +74,8 @@ class EpisodeResult:
     values: list[float] = dataclasses.field(default_factory=list)  # predicted values at each query
     error: str | None = None  # simulator error that ended the episode (counted as a failure)
     frames: dict[str, list[np.ndarray]] | None = None  # display frames per camera slot, if recorded
+    # Per policy step, if kept: {"images": {slot: [frame]}, "proprio": [...], "actions": [...]} (rollout files)
+    steps: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -124,11 +126,13 @@ def run_episodes(
     record: Callable[[EpisodeSpec], bool] = lambda spec: False,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     seed: int = 0,
+    keep_steps: Callable[[EpisodeSpec], bool] = lambda spec: False,
 ) -> tuple[list[EpisodeResult], Timing]:
     """Roll ``policy`` out for every episode, ``env.num_envs`` at a time; results in episode order.
 
     ``embed(instruction)`` gives the ``(L, D)`` text embedding; ``record(spec)`` selects episodes whose
-    display frames are kept; ``seed`` is passed to every policy call (the reference samples every
+    display frames are kept; ``keep_steps(spec)`` those whose observations (upright, unprocessed), proprio
+    and executed actions are kept for rollout files; ``seed`` is passed to every policy call (the reference samples every
     query with the same seed).
     """
     if num_open_loop_steps < 1:
@@ -162,6 +166,12 @@ def run_episodes(
             {k: [_display(v[i], image_spec)] for k, v in obs.images.items()} if s is not None and record(s) else None
             for i, s in enumerate(wave)
         ]
+        kept = [
+            {"images": {k: [] for k in obs.images}, "proprio": [], "actions": []}
+            if s is not None and keep_steps(s)
+            else None
+            for s in wave
+        ]
         queue = np.zeros((m, 0, 0))
         pos = 0
         while not done.all():
@@ -189,6 +199,12 @@ def run_episodes(
                     for i in np.flatnonzero(~done):
                         values[i].append(float(out.value[i]))
             running = ~done
+            for i in np.flatnonzero(running):
+                if kept[i] is not None:
+                    for k, v in obs.images.items():
+                        kept[i]["images"][k].append(_display(v[i], image_spec))
+                    kept[i]["proprio"].append(np.array(obs.proprio[i]))
+                    kept[i]["actions"].append(np.array(queue[i, pos]))
             t0 = time.perf_counter()
             obs, step_done, step_success = env.step(queue[:, pos])
             timing.env_s += time.perf_counter() - t0
@@ -206,8 +222,9 @@ def run_episodes(
             if spec is None:
                 continue
             res = EpisodeResult(
-                spec, texts[i], bool(success[i]), int(lengths[i]), values=values[i], frames=frames[i], error=errors[i]
-            )
+                spec, texts[i], bool(success[i]), int(lengths[i]), values=values[i], frames=frames[i], error=errors[i],
+                steps=kept[i],
+            )  # fmt: skip
             results.append(res)
             if on_episode is not None:
                 on_episode(res)

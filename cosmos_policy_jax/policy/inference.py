@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cosmos_policy_jax.diffusion.sampler import initial_noise, sample_jax
+from cosmos_policy_jax.diffusion.sampler import SolverPlan, initial_noise, sample_jax, sample_jax_per_sample
 from cosmos_policy_jax.policy import injection
 from cosmos_policy_jax.policy.layout import LatentLayout
 from cosmos_policy_jax.policy.objective import PolicyConfig, denoise, normalize_video
@@ -93,12 +93,15 @@ def _stats(stats: Mapping[str, Any]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(stats[k], jnp.float32) for k in STAT_KEYS}
 
 
-def inference_condition(latent: jax.Array, proprio: jax.Array | None, cfg: PolicyConfig) -> tuple[jax.Array, jax.Array]:
-    """(gt_frames, per-frame mask (B, T)) at inference: the first ``num_conditional_frames`` frames, plus the
-    current-proprio frame holding the injected normalised proprio."""
+def inference_condition(
+    latent: jax.Array, proprio: jax.Array | None, cfg: PolicyConfig, num_conditional_frames: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(gt_frames, per-frame mask (B, T)) at inference: the first ``num_conditional_frames`` frames (default:
+    the layout's), plus the current-proprio frame holding the injected normalised proprio."""
     layout = cfg.layout
     b, t = latent.shape[0], latent.shape[2]
-    mask = jnp.broadcast_to((jnp.arange(t) < layout.num_conditional_frames).astype(jnp.float32), (b, t))
+    n_cond = layout.num_conditional_frames if num_conditional_frames is None else int(num_conditional_frames)
+    mask = jnp.broadcast_to((jnp.arange(t) < n_cond).astype(jnp.float32), (b, t))
     gt = latent.astype(jnp.float32)
     if proprio is not None and layout.has("current_proprio"):
         k = layout.index("current_proprio")
@@ -165,16 +168,8 @@ def generate_actions(
     h, w = video.shape[-2:]
     padding = jnp.zeros((b, 1, h, w), jnp.float32)
 
-    net_fn = _traceable(net)
-
-    def x0_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
-        out = denoise(net_fn(), x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
-        return out["x0_pred"]
-
     x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
-    sample = sample_jax(
-        x0_fn, x_init, num_steps, cfg.sampler_sigma_min, cfg.sampler_sigma_max, cfg.sampler_rho, cfg.sampler_solver
-    )
+    sample = sample_latent(net, gt_frames, frame_mask, emb, padding, x_init, cfg, num_steps=num_steps)
 
     actions_norm = decode_action_latent(sample, layout, cfg.chunk_size, cfg.action_dim)
     result: dict[str, Any] = dict(
@@ -190,6 +185,37 @@ def generate_actions(
     if return_future_images:
         result["future_images"] = decode_future_images(vae, sample, latent, cfg)
     return result
+
+
+def sample_latent(
+    net: Callable[..., jax.Array],
+    gt_frames: jax.Array,
+    frame_mask: jax.Array,
+    emb: jax.Array,
+    padding: jax.Array | None,
+    x_init: jax.Array,
+    cfg: PolicyConfig,
+    *,
+    num_steps: int | None = None,
+    plans: list[SolverPlan] | None = None,
+) -> jax.Array:
+    """One sampler run of the conditioned denoiser from ``x_init`` (the reference's generate call).
+
+    ``num_steps`` runs the config's sigma range for the whole batch; ``plans`` (one ``SolverPlan`` per
+    sample, e.g. per-query variance scales or ensemble step counts) runs each sample on its own plan.
+    """
+    net_fn = _traceable(net)
+
+    def x0_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        out = denoise(net_fn(), x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
+        return out["x0_pred"]
+
+    if plans is not None:
+        return sample_jax_per_sample(x0_fn, x_init, plans)
+    num_steps = cfg.sampler_num_steps if num_steps is None else int(num_steps)
+    return sample_jax(
+        x0_fn, x_init, num_steps, cfg.sampler_sigma_min, cfg.sampler_sigma_max, cfg.sampler_rho, cfg.sampler_solver
+    )
 
 
 def _traceable(net: Any) -> Callable[[], Any]:
