@@ -415,7 +415,7 @@ def load_policy(
         stats_arrays, stats_source = loading.load_eval_statistics(ds, stats or "")
     else:
         stats_arrays, stats_source = assets.stats, f"{path} (saved with the checkpoint)"
-    table_path = t5 or assets.t5_path or ds.t5_text_embeddings_path
+    table_path = t5 or assets.t5_path or _existing(ds.t5_text_embeddings_path)
     table = loading.load_instruction_embeddings(table_path, int(ds.text_len), int(ds.text_dim)) if table_path else None
     if text_encoder is None and ds.kind == "demo":
         from cosmos_policy_jax.data import text_stub
@@ -438,6 +438,17 @@ def load_policy(
         batch_size=batch_size,
         info=info,
     )
+
+
+def _existing(path: str) -> str:
+    """The config's default embeddings file if it exists (a missing default is not an error: instructions
+    then need an encoder or an ``embedding`` in the request)."""
+    import os
+
+    from cosmos_policy_jax.config_lib import expand_path
+
+    expanded, missing = expand_path(path or "")
+    return expanded if expanded and not missing and os.path.isfile(expanded) else ""
 
 
 def build_model(config: Any, checkpoint: str, *, use_ema: bool | None = None) -> tuple[tuple[Any, ...], dict]:
