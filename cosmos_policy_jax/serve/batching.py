@@ -67,10 +67,10 @@ class Batcher:
 
     def submit(self, item: Any) -> Any:
         """Run ``item`` in the next batch and return its result (raises what the policy call raised)."""
-        if self.closed.is_set():
-            raise RuntimeError("the server is shutting down")
         fut: Future = Future()
         with self.lock:
+            if self.closed.is_set():
+                raise RuntimeError("the server is shutting down")
             self.in_flight += 1
         self.queue.put((item, fut))
         try:
@@ -112,8 +112,17 @@ class Batcher:
             for (_, fut), res in zip(batch, results):
                 fut.set_result(res)
 
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Refuse new requests and wait until those submitted are answered; whether they all were."""
+        with self.lock:
+            self.closed.set()
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.in_flight
+
     def close(self, timeout: float = 60.0) -> None:
-        """Refuse new requests, finish the queued ones, stop the worker."""
-        self.closed.set()
+        """Finish what is queued, then stop the worker."""
+        self.drain(timeout)
         self.queue.put(None)
         self.thread.join(timeout)

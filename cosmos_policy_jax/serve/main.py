@@ -93,13 +93,17 @@ def serve(opts: Any, config: Any, log=print) -> int:
         server = make_server(service, opts, key)
     except OSError as e:
         raise EvalInputError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}") from e
-    stopping = threading.Event()
+    stopper: list[threading.Thread] = []
+
+    def drain_and_shutdown() -> None:
+        service.batcher.drain()  # new requests get "shutting down" (503); those submitted are answered
+        server.shutdown()  # stops serve_forever and closes the listening socket (and websocket connections)
 
     def stop(signum, frame):
-        if not stopping.is_set():
-            stopping.set()
-            log(f"[serve] signal {signum}: no new connections, finishing requests in flight")
-            threading.Thread(target=server.shutdown, daemon=True).start()
+        if not stopper:
+            log(f"[serve] signal {signum}: refusing new requests, finishing those in flight")
+            stopper.append(threading.Thread(target=drain_and_shutdown, daemon=True))
+            stopper[0].start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -113,6 +117,8 @@ def serve(opts: Any, config: Any, log=print) -> int:
     try:
         server.serve_forever()
     finally:
+        if stopper:
+            stopper[0].join(120)
         service.close()
         if hasattr(server, "server_close"):
             server.server_close()
