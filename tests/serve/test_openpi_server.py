@@ -5,6 +5,7 @@ with several clients at once (batched); every bad request gets an error text fra
 request on the same connection is answered; SIGTERM exits 0.
 """
 
+import json
 import os
 import threading
 
@@ -144,3 +145,24 @@ def test_oversized_and_abandoned_requests_do_not_kill_the_server(server, local):
     ws.close()
     client = openpi_client.WebsocketClientPolicy("127.0.0.1", server.port)
     np.testing.assert_array_equal(client.infer(valid)["actions"], local.infer(valid)["actions"])
+
+
+def test_demo_evaluation_through_the_server_equals_in_process(server, trained_job, tmp_path, monkeypatch):
+    """``eval --policy=server`` against ``eval --policy=model``: the same episodes, lengths and predicted values."""
+    from configs.cosmos_policy import get_config
+    from cosmos_policy_jax.eval import main
+
+    monkeypatch.setenv("COSMOS_POLICY_DATA_ROOT", trained_job["data"])
+    common = dict(episodes=6, num_envs=MAX_BATCH, max_steps=12, seed=3)
+    reports = {}
+    for kind, extra in (
+        ("model", {"checkpoint": trained_job["job"]}),
+        ("server", {"server": f"127.0.0.1:{server.port}"}),
+    ):
+        opts = main.EvalOptions(policy=kind, output=str(tmp_path / kind), **common, **extra)
+        reports[kind] = main.evaluate(get_config("demo,tiny"), opts, log=lambda *a: None)
+    a, b = (r["episodes"] for r in (reports["model"], reports["server"]))
+    assert [(e["success"], e["length"]) for e in a] == [(e["success"], e["length"]) for e in b]
+    values = {k: [json.loads(line)["values"] for line in (tmp_path / k / "episodes.jsonl").read_text().splitlines()]
+              for k in reports}  # fmt: skip
+    assert values["model"] == values["server"] and all(values["model"])
