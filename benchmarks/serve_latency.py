@@ -121,6 +121,7 @@ def run_case(service, protocol: str, clients: int, requests: int, port: int) -> 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
+    first_batch = len(service.stats.batches)
     barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
@@ -129,7 +130,8 @@ def run_case(service, protocol: str, clients: int, requests: int, port: int) -> 
     arr = np.asarray(lat)
     return {"protocol": protocol, "clients": clients, "requests": len(lat),
             "p50_ms": round(float(np.percentile(arr, 50)) * 1e3, 2), "p99_ms": round(float(np.percentile(arr, 99)) * 1e3, 2),
-            "throughput_rps": round(len(lat) / wall, 3)}  # fmt: skip
+            "throughput_rps": round(len(lat) / wall, 3),
+            "mean_batch": round(float(np.mean(service.stats.batches[first_batch:])), 2)}  # fmt: skip
 
 
 def bench_config(config_arg: str, clients_list: list[int], requests: int, protocols: list[str]) -> list[dict]:
