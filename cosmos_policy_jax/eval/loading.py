@@ -244,6 +244,8 @@ def load_checkpoint_assets(path: str) -> CheckpointAssets:
     from cosmos_policy_jax.training import checkpoint as ckpt_lib
 
     path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise EvalInputError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         step_dir = _orbax_step_dir(path)
         if step_dir is None:
