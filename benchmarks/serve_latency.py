@@ -6,13 +6,14 @@ For each config: a random-weight export with its ``policy.json`` (statistics and
 embedding, so requests carry a string as real clients do) is written to a temporary directory and
 loaded once with ``load_policy``. Then, per number of clients N (the policy's compiled batch size and
 the server's ``--max_batch`` set to N, a 5 ms batching window), N threads each send ``--requests``
-requests one after the other (after 2 warm-up requests each) through
+requests one after the other (after one warm-up request each) through
 
 * ``inprocess``: ``PolicyService.infer`` (the batcher, no network),
 * ``openpi``: the websocket server, with the real ``openpi-client``,
 * ``act``: the HTTP server, with json-numpy bodies (``json_numpy`` when installed).
 
-The servers run in this process (threads), on 127.0.0.1. Figures: p50/p99 latency per request and
+With one client the protocols are interleaved request by request (round robin), so that a shared
+machine's changing load hits them alike. The servers run in this process (threads), on 127.0.0.1. Figures: p50/p99 latency per request and
 throughput (requests/s over the whole run). ``protocol_overhead_p50`` = protocol p50 / in-process p50
 - 1 at one client; ``batching_speedup`` = throughput at the most clients / at one client (in-process).
 """
@@ -134,6 +135,23 @@ def run_case(service, protocol: str, clients: int, requests: int, port: int) -> 
             "mean_batch": round(float(np.mean(service.stats.batches[first_batch:])), 2)}  # fmt: skip
 
 
+def run_interleaved(service, protocols: list[str], requests: int, ports: dict[str, int]) -> list[dict]:
+    """One client: request k of every protocol is sent back to back (round robin), then the next round."""
+    calls = {p: _client_factory(p, service, ports[p])() for p in protocols}
+    obs = _observation(service.policy, np.random.default_rng(0))
+    for call in calls.values():
+        call(obs)
+    lat: dict[str, list[float]] = {p: [] for p in protocols}
+    for _ in range(requests):
+        for p in protocols:
+            t0 = time.perf_counter()
+            calls[p](obs)
+            lat[p].append(time.perf_counter() - t0)
+    return [{"protocol": p, "clients": 1, "requests": requests,
+             "p50_ms": round(float(np.percentile(v, 50)) * 1e3, 2), "p99_ms": round(float(np.percentile(v, 99)) * 1e3, 2),
+             "throughput_rps": round(len(v) / sum(v), 3), "mean_batch": 1.0} for p, v in lat.items()]  # fmt: skip
+
+
 def bench_config(config_arg: str, clients_list: list[int], requests: int, protocols: list[str]) -> list[dict]:
     from cosmos_policy_jax.policy.api import load_policy
     from cosmos_policy_jax.serve import act_http, openpi_ws
@@ -146,20 +164,27 @@ def bench_config(config_arg: str, clients_list: list[int], requests: int, protoc
             policy.batch_size = clients  # compiled batch size = most requests per call
             service = PolicyService(policy, max_batch=clients, window_s=0.005, log_every=0, log=lambda s: None)
             service.policy.run([policy.prepare(_observation(policy, np.random.default_rng(0)))])  # compile
+            servers, ports = {}, {}
             for protocol in protocols:
-                server, port = None, common_port()
+                ports[protocol] = common_port()
                 if protocol != "inprocess":
                     proto = openpi_ws if protocol == "openpi" else act_http
-                    server = proto.make_server(service, "127.0.0.1", port, api_key=None, max_bytes=256 << 20)
-                    threading.Thread(target=server.serve_forever, daemon=True).start()
-                try:
-                    row = run_case(service, protocol, clients, requests, port)
-                finally:
-                    if server is not None:
-                        server.shutdown()
+                    servers[protocol] = proto.make_server(
+                        service, "127.0.0.1", ports[protocol], api_key=None, max_bytes=256 << 20
+                    )
+                    threading.Thread(target=servers[protocol].serve_forever, daemon=True).start()
+            try:
+                if clients == 1:  # interleaved, so that every protocol sees the same machine load
+                    new = run_interleaved(service, protocols, requests, ports)
+                else:
+                    new = [run_case(service, p, clients, requests, ports[p]) for p in protocols]
+            finally:
+                for server in servers.values():
+                    server.shutdown()
+            for row in new:
                 row["config"] = config_arg
-                rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+            rows += new
             service.close()
     return rows
 
