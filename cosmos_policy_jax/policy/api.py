@@ -98,7 +98,13 @@ def _demo_jpeg(ds: Any) -> bool:
 
 
 class CosmosPolicy:
-    """A loaded policy: weights, statistics, instruction embeddings and the test-time preprocessing."""
+    """A loaded policy: weights, statistics, instruction embeddings and the test-time preprocessing.
+
+    A query is ``prepare`` (validate + preprocess one observation into a ``Prepared`` row, whose
+    ``options`` carry per-request switches such as ``return_future_images``) then ``run`` (rows ->
+    results, one jitted call per ``batch_size`` rows); ``infer`` is both for one observation. New
+    query kinds (e.g. planning) extend ``options`` and ``run``.
+    """
 
     def __init__(
         self,
