@@ -77,3 +77,16 @@ def observation(rng: np.random.Generator, cameras, size: int = 32, instruction: 
     obs["proprio"] = rng.uniform(-0.5, 0.5, 2).astype(np.float32)
     obs["instruction"] = instruction
     return obs
+
+
+@pytest.fixture(scope="session")
+def local(trained_job):
+    """The trained policy in-process (``load_policy``), at the servers' compiled batch size."""
+    from cosmos_policy_jax.policy.api import load_policy
+
+    old = os.environ.get("COSMOS_POLICY_DATA_ROOT")
+    os.environ["COSMOS_POLICY_DATA_ROOT"] = trained_job["data"]
+    try:
+        yield load_policy(trained_job["job"], batch_size=MAX_BATCH)
+    finally:
+        os.environ.pop("COSMOS_POLICY_DATA_ROOT") if old is None else os.environ.update(COSMOS_POLICY_DATA_ROOT=old)

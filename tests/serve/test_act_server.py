@@ -14,8 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from cosmos_policy_jax.policy.api import load_policy
-from tests.serve.conftest import MAX_BATCH, REPO, ServerProcess, observation
+from tests.serve.conftest import REPO, ServerProcess, observation
 
 json_numpy = pytest.importorskip("json_numpy")
 pytestmark = pytest.mark.slow
@@ -28,16 +27,6 @@ def server(trained_job):
     yield srv
     if srv.proc.poll() is None:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def local(trained_job):
-    old = os.environ.get("COSMOS_POLICY_DATA_ROOT")
-    os.environ["COSMOS_POLICY_DATA_ROOT"] = trained_job["data"]
-    try:
-        yield load_policy(trained_job["job"], batch_size=MAX_BATCH)
-    finally:
-        os.environ.pop("COSMOS_POLICY_DATA_ROOT") if old is None else os.environ.update(COSMOS_POLICY_DATA_ROOT=old)
 
 
 def post(port, body: bytes | str, *, key=KEY, path="/act", headers=None) -> tuple[int, str]:

@@ -6,7 +6,6 @@ request on the same connection is answered; SIGTERM exits 0.
 """
 
 import json
-import os
 import threading
 
 import msgpack
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from cosmos_policy_jax.policy.api import load_policy
 from tests.serve.conftest import MAX_BATCH, ServerProcess, observation
 
 openpi_client = pytest.importorskip("openpi_client.websocket_client_policy")
@@ -28,16 +26,6 @@ def server(trained_job):
     code, output = srv.stop()
     assert code == 0, output[-2000:]
     assert "[serve] stopped after" in output
-
-
-@pytest.fixture(scope="module")
-def local(trained_job):
-    old = os.environ.get("COSMOS_POLICY_DATA_ROOT")
-    os.environ["COSMOS_POLICY_DATA_ROOT"] = trained_job["data"]
-    try:
-        yield load_policy(trained_job["job"], batch_size=MAX_BATCH)
-    finally:
-        os.environ.pop("COSMOS_POLICY_DATA_ROOT") if old is None else os.environ.update(COSMOS_POLICY_DATA_ROOT=old)
 
 
 def test_openpi_client_gets_the_in_process_actions(server, local):

@@ -25,8 +25,8 @@ def env(trained_job):
 
 
 @pytest.fixture(scope="module")
-def policy(env):
-    return load_policy(env["job"], batch_size=MAX_BATCH)
+def policy(env, local):
+    return local
 
 
 def test_metadata_describes_the_observation(policy):
