@@ -203,3 +203,119 @@ def load_instruction_embeddings(path: str | None, text_len: int, text_dim: int) 
                 f"{full}: embedding of {k!r} has shape {v.shape}, the model expects ({text_len}, {text_dim})"
             )
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# What a checkpoint carries besides weights (training/assets.py): config, statistics, T5 embeddings
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointAssets:
+    config: dict | None = None  # the training config (plain dict)
+    stats: dict[str, np.ndarray] | None = None
+    t5_path: str | None = None  # the embeddings file, its hash checked
+    source: str = ""  # where config/stats came from
+
+
+def _t5_file(base: str, ref: dict | None, where: str) -> str | None:
+    """The referenced T5 file under ``base`` (or its recorded source) whose SHA-256 matches."""
+    from cosmos_policy_jax.training.assets import sha256_of
+
+    if not ref:
+        return None
+    candidates = [os.path.join(base, ref["file"]), ref.get("source") or ""]
+    for cand in candidates:
+        if cand and os.path.isfile(cand):
+            if sha256_of(cand) == ref["sha256"]:
+                return cand
+            raise EvalInputError(f"{where}: T5 embeddings {cand} changed since training (SHA-256 differs)")
+    raise EvalInputError(f"{where}: T5 embeddings file {candidates[0]} is missing (saved with the checkpoint)")
+
+
+def _stats_from(raw: dict | None, where: str) -> dict[str, np.ndarray] | None:
+    if raw is None:
+        return None
+    try:
+        return {k: np.asarray(v, np.float64) for k, v in raw.items()}
+    except (TypeError, ValueError) as e:
+        raise EvalInputError(f"{where}: unreadable dataset statistics ({e})") from e
+
+
+def load_checkpoint_assets(path: str) -> CheckpointAssets:
+    """Config, statistics and T5 file saved with the checkpoint at ``path`` (empty for foreign files)."""
+    import json
+
+    from cosmos_policy_jax.training import assets as assets_lib
+    from cosmos_policy_jax.training import checkpoint as ckpt_lib
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise EvalInputError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        step_dir = _orbax_step_dir(path)
+        if step_dir is None:
+            export = os.path.join(path, "export", "net.safetensors")
+            return load_checkpoint_assets(export) if os.path.isfile(export) else CheckpointAssets()
+        root, step = os.path.dirname(step_dir), int(os.path.basename(step_dir))
+        try:
+            ck = ckpt_lib.Checkpointer(root, read_only=True)
+            config = ck.restore_config(step)
+            inference = ck.restore_inference(step)
+        except Exception as e:  # orbax's assorted read errors
+            raise EvalInputError(f"{step_dir}: cannot read the saved config ({type(e).__name__}: {e})") from e
+        if not inference:
+            return CheckpointAssets(config=config, source=step_dir)
+        job_dir = os.path.dirname(root)
+        return CheckpointAssets(
+            config, _stats_from(inference.get("dataset_statistics"), step_dir),
+            _t5_file(job_dir, inference.get("t5_embeddings"), step_dir), step_dir,
+        )  # fmt: skip
+    manifest = os.path.join(os.path.dirname(path), assets_lib.EXPORT_MANIFEST)
+    if not path.endswith(".safetensors") or not os.path.isfile(manifest):
+        return CheckpointAssets()
+    try:
+        with open(manifest) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EvalInputError(f"{manifest}: unreadable ({e})") from e
+    return CheckpointAssets(
+        saved.get("config"), _stats_from(saved.get("dataset_statistics"), manifest),
+        _t5_file(os.path.dirname(manifest), saved.get("t5_embeddings"), manifest), manifest,
+    )  # fmt: skip
+
+
+# The settings a served/evaluated policy must share with the checkpoint (a mismatch gives wrong actions
+# or a shape error deep inside the model).
+AGREEING_KEYS = (
+    "dataloader_train.dataset.action_dim",
+    "dataloader_train.dataset.proprio_dim",
+    "dataloader_train.dataset.chunk_size",
+    "dataloader_train.dataset.final_image_size",
+    "dataloader_train.dataset.text_len",
+    "dataloader_train.dataset.text_dim",
+    "model.latent_layout",
+    "model.state_t",
+    "model.num_conditional_frames",
+)
+
+
+def _get(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if tree is None:
+            return None
+        tree = tree.get(part) if hasattr(tree, "get") else getattr(tree, part, None)
+    return dict(tree) if hasattr(tree, "items") else tree
+
+
+def check_config_agrees(saved: dict, config: Any, where: str) -> None:
+    """One-line ``EvalInputError`` naming every key of ``AGREEING_KEYS`` where ``config`` differs from the
+    config saved with the checkpoint. (A minimal stand-in for the general config comparison of the
+    config-drift work.)"""
+    differ = []
+    for key in AGREEING_KEYS:
+        a, b = _get(saved, key), _get(config, key)
+        if a is not None and b is not None and a != b:
+            differ.append(f"{key}: checkpoint {a} vs config {b}")
+    if differ:
+        raise EvalInputError(f"{where}: the config disagrees with the checkpoint's ({'; '.join(differ)})")

@@ -30,13 +30,14 @@ import numpy as np
 from cosmos_policy_jax.eval import preprocess
 from cosmos_policy_jax.eval.errors import EvalInputError
 
-POLICIES = ("model", "random", "mean_action")
+POLICIES = ("model", "random", "mean_action", "server")
 
 
 @dataclasses.dataclass
 class EvalOptions:
     checkpoint: str = ""
     policy: str = "model"
+    server: str = ""  # --policy=server: HOST:PORT of `python -m cosmos_policy_jax.serve` (openpi protocol)
     episodes: int = 50  # demo only
     seed: int = 0
     num_envs: int = 1
@@ -64,6 +65,8 @@ class EvalOptions:
             raise EvalInputError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.policy == "model" and not self.checkpoint:
             raise EvalInputError("--checkpoint is required with --policy=model (or use --policy=random|mean_action)")
+        if self.policy == "server" and not self.server:
+            raise EvalInputError("--server=HOST:PORT is required with --policy=server")
         for name in ("episodes", "num_envs", "trials_per_task"):
             if int(getattr(self, name)) < 1:
                 raise EvalInputError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -84,62 +87,38 @@ def _dataset_cfg(config: Any) -> Any:
     return config.dataloader_train.dataset
 
 
-def _embedder(config: Any, opts: EvalOptions, kind: str):
-    """instruction -> (L, D) float32 embedding."""
-    from cosmos_policy_jax.eval.loading import load_instruction_embeddings
-
-    ds = _dataset_cfg(config)
-    text_len, text_dim = int(ds.text_len), int(ds.text_dim)
-    path = opts.t5 or ds.t5_text_embeddings_path
-    table = None
-    if opts.policy != "model" and not opts.t5:
-        # Baselines ignore the instruction; do not require an embeddings file for them.
-        return lambda text: np.zeros((1, 1), np.float32)
-    if kind == "demo":
-        # The demo dataset's embeddings are the deterministic stand-in encoder's; use the file when present.
-        from cosmos_policy_jax.eval.loading import expand
-
-        if path and os.path.isfile(expand(path, "dataset.t5_text_embeddings_path")):
-            table = load_instruction_embeddings(path, text_len, text_dim)
-        if table is None:
-            from cosmos_policy_jax.data import text_stub
-
-            return lambda text: text_stub.encode_instruction(text, text_len=text_len, text_dim=text_dim)
-    else:
-        if not path:
-            raise EvalInputError("no T5 embeddings: set --t5=PATH (e.g. NVIDIA's libero_t5_embeddings.pkl)")
-        table = load_instruction_embeddings(path, text_len, text_dim)
-
-    def lookup(text: str) -> np.ndarray:
-        if text not in table:
-            raise EvalInputError(f"no T5 embedding for instruction {text!r} in {path} ({len(table)} instructions)")
-        return table[text]
-
-    return lookup
-
-
-def _build_policy(config: Any, opts: EvalOptions, stats: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+def _build_policy(config: Any, opts: EvalOptions) -> tuple[Any, dict[str, Any], Any, str]:
+    """(policy, metadata for the report, instruction -> embedding, statistics source)."""
     from cosmos_policy_jax.eval import policies
+    from cosmos_policy_jax.eval.loading import load_eval_statistics
 
+    if opts.policy == "server":
+        server = policies.ServerPolicy(opts.server, api_key=os.environ.get("COSMOS_POLICY_API_KEY"))
+        return server, {"policy": "server", "server": opts.server, **server.report()}, server.embed, "server"
+    if opts.policy == "model":
+        from cosmos_policy_jax.policy.api import load_policy
+
+        policy = load_policy(
+            opts.checkpoint, config=config, stats=opts.stats or None, t5=opts.t5 or None, use_ema=opts.use_ema,
+            num_steps=opts.num_steps, batch_size=opts.num_envs, seed=opts.seed,
+        )  # fmt: skip
+        meta = {**policy.info, "num_denoising_steps": policy.num_steps}
+        if opts.planning is not None and not (opts.planning.plain and not opts.planning_checkpoint):
+            from cosmos_policy_jax.planning.policy import planning_policy_from_model
+
+            model = (policy.net_def, policy.net_state, policy.vae_def, policy.vae_state)
+            planner, meta = planning_policy_from_model(
+                config, model, meta, policy.stats, opts.planning, opts.planning_checkpoint, opts.use_ema
+            )
+            return planner, meta, policy.embed, policy.info["stats"]
+        return policy, meta, policy.embed, policy.info["stats"]
+    stats, stats_path = load_eval_statistics(_dataset_cfg(config), opts.stats)
     chunk = int(_dataset_cfg(config).chunk_size)
+    # Baselines ignore the instruction: no embeddings file needed.
+    no_text = lambda text: np.zeros((1, 1), np.float32)  # noqa: E731
     if opts.policy == "random":
-        return policies.RandomPolicy(stats, chunk), {"policy": "random"}
-    if opts.policy == "mean_action":
-        return policies.MeanActionPolicy(stats, chunk), {"policy": "mean_action"}
-    if opts.planning is not None and not (opts.planning.plain and not opts.planning_checkpoint):
-        from cosmos_policy_jax.planning.policy import build_planning_policy
-
-        return build_planning_policy(
-            config,
-            opts.checkpoint,
-            stats,
-            opts.planning,
-            planning_checkpoint=opts.planning_checkpoint,
-            use_ema=opts.use_ema,
-        )
-    from cosmos_policy_jax.eval.model_policy import build_model_policy
-
-    return build_model_policy(config, opts.checkpoint, stats, use_ema=opts.use_ema, num_steps=opts.num_steps)
+        return policies.RandomPolicy(stats, chunk), {"policy": "random"}, no_text, stats_path
+    return policies.MeanActionPolicy(stats, chunk), {"policy": "mean_action"}, no_text, stats_path
 
 
 def _image_spec(config: Any, opts: EvalOptions, kind: str, demo_jpeg: bool) -> preprocess.ImagePreprocessing:
@@ -225,7 +204,6 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     """Run the whole evaluation described by ``config`` and ``opts``; returns (and writes) the report."""
     from cosmos_policy_jax import config_lib
     from cosmos_policy_jax.eval import media, rollout
-    from cosmos_policy_jax.eval.loading import load_eval_statistics
 
     config_lib.resolve(config)
     ds = _dataset_cfg(config)
@@ -240,12 +218,10 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     except OSError as e:
         raise EvalInputError(f"--output {output}: cannot write results there ({e.strerror or e})") from e
 
-    stats, stats_path = load_eval_statistics(ds, opts.stats)
-    embed = _embedder(config, opts, kind)
+    policy, policy_meta, embed, stats_path = _build_policy(config, opts)
     env, episodes, env_meta, demo_jpeg = (_demo_setup if kind == "demo" else _libero_setup)(config, opts)
     try:
         spec = _image_spec(config, opts, kind, demo_jpeg)
-        policy, policy_meta = _build_policy(config, opts, stats)
         open_loop = int(opts.num_open_loop_steps or config.model.sampler.num_open_loop_steps)
         chunk = int(ds.chunk_size)
         if open_loop > chunk:
@@ -367,7 +343,8 @@ def _define_flags():
         "config", None, "Config file and arg, e.g. configs/cosmos_policy.py:demo", lock_config=True
     )
     flags.DEFINE_string("checkpoint", "", "Job dir, orbax checkpoint dir, export .safetensors or reference .pt")
-    flags.DEFINE_enum("policy", "model", list(POLICIES), "The trained model, or a baseline")
+    flags.DEFINE_enum("policy", "model", list(POLICIES), "The trained model, a baseline, or a policy server")
+    flags.DEFINE_string("server", "", "--policy=server: HOST:PORT of a running `python -m cosmos_policy_jax.serve`")
     flags.DEFINE_integer("episodes", 50, "Demo: number of episodes (cycling through the target colours)")
     flags.DEFINE_integer("seed", 0, "Episode seed stream (demo), host RNG seed (LIBERO) and policy sampling seed")
     flags.DEFINE_integer("num_envs", 1, "Environments stepping together (one batched policy call for all)")
@@ -430,6 +407,7 @@ def main(argv: list[str]) -> int:
         opts = EvalOptions(
             checkpoint=f.checkpoint,
             policy=f.policy,
+            server=f.server,
             episodes=f.episodes,
             seed=f.seed,
             num_envs=f.num_envs,

@@ -3,8 +3,8 @@
 ``policy(PolicyInput, seed=S) -> PolicyOutput``: a batch of M preprocessed observations in, one
 un-normalised action chunk per observation out (plus the predicted value where the policy has one).
 
-* ``ModelPolicy``: the Cosmos Policy network through ``policy.inference.generate_actions``, compiled
-  once for the batch shape.
+* the trained model: ``policy.api.CosmosPolicy`` (``load_policy``), called with preprocessed images;
+* ``ServerPolicy``: the same model behind ``python -m cosmos_policy_jax.serve`` (``--policy=server``);
 * ``RandomPolicy``: every action drawn uniformly, per dimension, in the dataset's [min, max].
 * ``MeanActionPolicy``: the dataset's mean action, every step (un-normalised units).
 """
@@ -74,3 +74,80 @@ class MeanActionPolicy:
         del seed
         actions = np.broadcast_to(self.mean, (batch.batch_size, self.chunk_size, self.mean.shape[0])).copy()
         return PolicyOutput(actions=actions)
+
+
+class ServerPolicy:
+    """A policy served by ``python -m cosmos_policy_jax.serve`` (openpi protocol), queried row by row.
+
+    Each of the M rows goes over its own websocket connection, all at once, so the server batches
+    them. Images are sent already preprocessed (``preprocessed: True``: the server skips its own
+    chain) and instructions as text: ``embed`` hands the rollout a row index into the instructions
+    seen so far instead of an embedding (the server holds the embeddings).
+    """
+
+    def __init__(self, address: str, *, api_key: str | None = None, timeout_s: float = 600.0):
+        from cosmos_policy_jax.eval.errors import EvalInputError
+
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise EvalInputError(f"--server must be HOST:PORT, got {address!r}")
+        self.uri, self.api_key, self.timeout_s = f"ws://{host}:{port}", api_key, timeout_s
+        self.instructions: list[str] = []
+        self.connections: list[Any] = []
+        self.metadata = self._connect()[1]
+
+    def _connect(self) -> tuple[Any, dict]:
+        from websockets.sync.client import connect
+
+        from cosmos_policy_jax.eval.errors import EvalInputError
+        from cosmos_policy_jax.serve import wire
+
+        headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
+        try:
+            conn = connect(self.uri, compression=None, max_size=None, additional_headers=headers, open_timeout=30)
+        except Exception as e:  # refused, DNS, handshake (401) errors
+            raise EvalInputError(f"cannot reach the policy server at {self.uri}: {e}") from e
+        metadata = wire.unpackb(conn.recv(timeout=self.timeout_s))
+        self.connections.append(conn)
+        return conn, metadata
+
+    def report(self) -> dict[str, Any]:
+        m = self.metadata
+        return {k: m.get(k) for k in ("weights", "num_denoising_steps", "layout", "chunk_size", "action_dim")}
+
+    def embed(self, text: str) -> np.ndarray:
+        if text not in self.instructions:
+            self.instructions.append(text)
+        return np.full((1, 1), self.instructions.index(text), np.float32)
+
+    def _query(self, i: int, obs: dict) -> dict:
+        from cosmos_policy_jax.serve import wire
+
+        conn = self.connections[i]
+        conn.send(wire.packb(obs))
+        reply = conn.recv(timeout=self.timeout_s)
+        if isinstance(reply, str):
+            raise RuntimeError(f"policy server {self.uri}: {reply}")
+        return wire.unpackb(reply)
+
+    def __call__(self, batch: PolicyInput, *, seed: int) -> PolicyOutput:
+        from concurrent.futures import ThreadPoolExecutor
+
+        m = batch.batch_size
+        while len(self.connections) < m:
+            self._connect()
+        rows = [
+            {**{k: np.ascontiguousarray(v[i]) for k, v in batch.images.items()},
+             "proprio": np.asarray(batch.proprio[i], np.float32),
+             "instruction": self.instructions[int(np.asarray(batch.embedding[i]).reshape(-1)[0])],
+             "seed": int(seed), "preprocessed": True}
+            for i in range(m)
+        ]  # fmt: skip
+        with ThreadPoolExecutor(m) as pool:
+            out = list(pool.map(self._query, range(m), rows))
+        value = np.array([o["value"] for o in out], np.float64) if "value" in out[0] else None
+        return PolicyOutput(actions=np.stack([o["actions"] for o in out]).astype(np.float64), value=value)
+
+    def close(self) -> None:
+        for conn in self.connections:
+            conn.close()

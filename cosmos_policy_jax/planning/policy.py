@@ -56,20 +56,39 @@ def build_planning_policy(
 ) -> tuple[PlanningPolicy, dict[str, Any]]:
     """(policy, report metadata): the policy weights for action queries and, with ``planning_checkpoint``,
     a second network of the same config for the future-state and value queries."""
-    from cosmos_policy_jax.eval.model_policy import build_model_policy
+    from cosmos_policy_jax.policy.api import build_model
+
+    model, meta = build_model(config, checkpoint, use_ema=use_ema)
+    return planning_policy_from_model(config, model, meta, stats, pcfg, planning_checkpoint, use_ema)
+
+
+def planning_policy_from_model(
+    config: Any,
+    model: tuple[Any, Any, Any, Any],
+    meta: dict[str, Any],
+    stats: dict[str, np.ndarray],
+    pcfg: PlanningConfig,
+    planning_checkpoint: str = "",
+    use_ema: bool | None = None,
+) -> tuple[PlanningPolicy, dict[str, Any]]:
+    """The planner over an already loaded ``(net graphdef, net state, vae graphdef, vae state)`` (e.g. a
+    ``CosmosPolicy``'s: the weights are shared, not copied)."""
+    from flax import nnx
+
+    from cosmos_policy_jax.policy.api import build_model
+    from cosmos_policy_jax.policy.objective import PolicyConfig
 
     t0 = time.perf_counter()
-    base, meta = build_model_policy(
-        config, checkpoint, stats, use_ema=use_ema, num_steps=pcfg.num_denoising_steps_action
-    )
+    net_def, net_state, vae_def, vae_state = model
     planning_net = None
     if planning_checkpoint:
-        planning_net = build_model_policy(config, planning_checkpoint, stats, use_ema=use_ema)[0].net
-    models = Models(policy=base.net, vae=base.vae, planning=planning_net)
+        p_def, p_state = build_model(config, planning_checkpoint, use_ema=use_ema)[0][:2]
+        planning_net = nnx.merge(p_def, p_state)
+    models = Models(policy=nnx.merge(net_def, net_state), vae=nnx.merge(vae_def, vae_state), planning=planning_net)
     meta = {
         **meta,
         "planning": dataclasses.asdict(pcfg),
         "planning_checkpoint": planning_checkpoint or None,
-        "load_s": round(time.perf_counter() - t0, 2),
+        "load_s": round(float(meta.get("load_s", 0.0)) + time.perf_counter() - t0, 2),
     }
-    return PlanningPolicy(models, base.cfg, pcfg, stats), meta
+    return PlanningPolicy(models, PolicyConfig.from_config(config), pcfg, stats), meta

@@ -7,13 +7,13 @@ injected (normalised) proprio, runs the diffusion sampler from deterministic noi
 action chunk (mean over the tiled copies, un-normalised with the dataset statistics), the value
 ((v + 1) / 2 clipped to [0, 1]), the future proprio and, optionally, the future camera images.
 
-Everything is batched (several environments per call) and traceable: wrap it in ``nnx.jit`` with
-``cfg``, ``seed``, ``num_steps`` and ``return_future_images`` static (see ``make_policy_fn``).
+Everything is batched (several environments per call) and traceable: ``jit_policy_fn`` compiles it over
+the split NNX states with ``cfg``, ``num_steps`` and ``return_future_images`` static.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -121,6 +121,7 @@ def generate_actions(
     seed: int | None = None,
     num_steps: int | None = None,
     return_future_images: bool = False,
+    noise: jax.Array | None = None,
 ) -> dict[str, Any]:
     """One policy query for a batch of environments.
 
@@ -135,6 +136,9 @@ def generate_actions(
       seed: seed of the initial noise (numpy RandomState, as the reference); static under jit.
       num_steps: denoiser calls (default ``cfg.sampler_num_steps``); static under jit.
       return_future_images: also VAE-decode the predicted future camera images.
+      noise: the initial noise x_T (already scaled by sigma_max), shape of the latent; replaces the one
+        drawn from ``seed`` (``batch_noise`` gives one seed per row, so a row's result does not depend on
+        the batch it was computed in).
 
     Returns:
       ``actions`` (B, chunk_size, action_dim) un-normalised, ``actions_normalized``, ``value`` (B,) in [0, 1],
@@ -168,7 +172,12 @@ def generate_actions(
     h, w = video.shape[-2:]
     padding = jnp.zeros((b, 1, h, w), jnp.float32)
 
-    x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
+    if noise is None:
+        x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
+    else:
+        if tuple(noise.shape) != tuple(latent.shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, the latent {tuple(latent.shape)}")
+        x_init = jnp.asarray(noise, jnp.float32)
     sample = sample_latent(net, gt_frames, frame_mask, emb, padding, x_init, cfg, num_steps=num_steps)
 
     actions_norm = decode_action_latent(sample, layout, cfg.chunk_size, cfg.action_dim)
@@ -255,20 +264,35 @@ def decode_future_images(
     return out
 
 
-def make_policy_fn(
-    cfg: PolicyConfig, *, seed: int | None = None, num_steps: int | None = None, return_future_images: bool = False
-) -> Callable[..., dict[str, Any]]:
-    """``fn(net, vae, observation, instruction_embedding, stats)``: ``generate_actions`` under ``nnx.jit``.
+def batch_noise(shape: tuple[int, ...], seeds: Sequence[int], sigma_max: float) -> np.ndarray:
+    """Initial noise whose row i is ``initial_noise((1, ...), seeds[i])``: per-request seeds in one batch."""
+    if len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {shape[0]}")
+    return np.concatenate([initial_noise((1, *shape[1:]), int(s), sigma_max) for s in seeds])
 
-    ``net`` and ``vae`` must be NNX modules (their state is traced); everything else in ``cfg`` is static,
-    so one compilation serves every call with the same shapes.
+
+def jit_policy_fn(
+    cfg: PolicyConfig,
+    net_graphdef: Any,
+    vae_graphdef: Any,
+    *,
+    seed: int | None = None,
+    num_steps: int | None = None,
+    return_future_images: bool = False,
+) -> Callable[..., dict[str, Any]]:
+    """``fn(net_state, vae_state, observation, instruction_embedding, stats, noise=None)``: ``generate_actions``
+    under ``jax.jit`` over the split NNX states, the graph definitions closed over.
+
+    The states are ordinary jit arguments, so the compiled program reads the weights in place (one copy);
+    passing the modules through ``nnx.jit`` instead copied the whole DiT on every call (measured at 2B:
+    resident memory 7.5 -> 15.2 GiB). ``noise=None`` draws the noise from ``seed`` at trace time.
     """
 
-    @nnx.jit
-    def fn(net, vae, observation, instruction_embedding, stats):
+    @jax.jit
+    def fn(net_state, vae_state, observation, instruction_embedding, stats, noise=None):
         return generate_actions(
-            net,
-            vae,
+            nnx.merge(net_graphdef, net_state),
+            nnx.merge(vae_graphdef, vae_state),
             observation,
             instruction_embedding,
             stats,
@@ -276,6 +300,26 @@ def make_policy_fn(
             seed=seed,
             num_steps=num_steps,
             return_future_images=return_future_images,
+            noise=noise,
         )
+
+    return fn
+
+
+def make_policy_fn(
+    cfg: PolicyConfig, *, seed: int | None = None, num_steps: int | None = None, return_future_images: bool = False
+) -> Callable[..., dict[str, Any]]:
+    """``fn(net, vae, observation, instruction_embedding, stats)`` for NNX modules: ``jit_policy_fn`` with the
+    modules split on each call (compiled once per graph and input shapes; ``seed`` and the rest static)."""
+    compiled: dict[tuple[Any, Any], Callable[..., dict[str, Any]]] = {}
+
+    def fn(net, vae, observation, instruction_embedding, stats):
+        net_def, net_state = nnx.split(net)
+        vae_def, vae_state = nnx.split(vae)
+        if (net_def, vae_def) not in compiled:
+            compiled[net_def, vae_def] = jit_policy_fn(
+                cfg, net_def, vae_def, seed=seed, num_steps=num_steps, return_future_images=return_future_images
+            )
+        return compiled[net_def, vae_def](net_state, vae_state, observation, instruction_embedding, stats)
 
     return fn

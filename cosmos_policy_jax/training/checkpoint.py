@@ -1,6 +1,7 @@
 """orbax checkpoints of the train state, the data-iterator state and the config.
 
-Layout: ``{job.path_local}/checkpoints/<iteration>/{state,data_iter,config,fingerprint}``. Saves
+Layout: ``{job.path_local}/checkpoints/<iteration>/{state,data_iter,config,fingerprint,inference}``
+(``inference``: what serving needs besides the weights, see ``training/assets.py``). Saves
 are async; orbax writes each step into a temporary directory and renames it when complete, so a
 process killed mid-save leaves no step directory, only a temporary one, which is reported with a
 warning and removed. A finalised checkpoint that fails to restore (corrupted or missing file) is
@@ -39,6 +40,7 @@ STATE = "state"
 DATA = "data_iter"
 CONFIG = "config"
 FINGERPRINT = "fingerprint"
+INFERENCE = "inference"  # dataset statistics + T5 embeddings reference (training/assets.py)
 # orbax's name for a step directory still being written (``<step>.orbax-checkpoint-tmp[-<n>]``).
 _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 # grain's per-process data-iterator files.
@@ -190,6 +192,7 @@ class Checkpointer:
                 DATA: grain_checkpoint.CheckpointHandler(),
                 CONFIG: ocp.JsonCheckpointHandler(),
                 FINGERPRINT: ocp.JsonCheckpointHandler(),
+                INFERENCE: ocp.JsonCheckpointHandler(),
             },
         )
 
@@ -208,7 +211,16 @@ class Checkpointer:
 
     # -- save ----------------------------------------------------------------------------------
 
-    def save(self, iteration: int, state: Any, data_state: bytes, config_dict: dict, *, force: bool = True) -> bool:
+    def save(
+        self,
+        iteration: int,
+        state: Any,
+        data_state: bytes,
+        config_dict: dict,
+        *,
+        force: bool = True,
+        inference: dict | None = None,
+    ) -> bool:
         # orbax would re-raise a failed previous async save from inside this save; name its step instead.
         self.wait()
         os.makedirs(self.directory, exist_ok=True)
@@ -218,6 +230,7 @@ class Checkpointer:
                 DATA: grain_checkpoint.CheckpointSave(DataIterState(data_state)),
                 CONFIG: ocp.args.JsonSave(config_dict),
                 FINGERPRINT: ocp.args.JsonSave(state_fingerprint(state)),
+                **({INFERENCE: ocp.args.JsonSave(inference)} if inference is not None else {}),
             }
         )
         saved = self.manager.save(iteration, args=args, force=force)
@@ -379,6 +392,14 @@ class Checkpointer:
 
     def restore_config(self, iteration: int) -> dict:
         return self.manager.restore(iteration, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+
+    def restore_inference(self, iteration: int) -> dict | None:
+        """The ``inference`` item (statistics, T5 reference), or None for checkpoints written without it."""
+        if not os.path.isdir(os.path.join(self.step_dir(iteration), INFERENCE)):
+            return None
+        return self.manager.restore(iteration, args=ocp.args.Composite(**{INFERENCE: ocp.args.JsonRestore()}))[
+            INFERENCE
+        ]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, bytes] | None:
         """Restore the newest good checkpoint; None if the directory holds none.

@@ -33,6 +33,7 @@ from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_pa
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
 from cosmos_policy_jax.training import joblock
+from cosmos_policy_jax.training.assets import build_policy_assets, write_export_manifest
 from cosmos_policy_jax.training.callbacks import Callback, build_callbacks, read_jsonl_lines
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
 from cosmos_policy_jax.training.optimizer import make_optimizer
@@ -158,6 +159,7 @@ class Trainer:
         self.preemption = Preemption()
         self.k = int(config.trainer.grad_accum_iter)
         self._ck: ckpt_lib.Checkpointer | None = None
+        self._assets: dict | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -281,6 +283,7 @@ class Trainer:
         # so a run that fails on bad input leaves an existing job directory as it was.
         if self.is_main:
             _write_job_files(config, self.launch_info)
+        self._assets = build_policy_assets(config, config.job.path_local)  # statistics exist once the feed is up
         jitted = jit_train_step(
             step_fn,
             state_sh,
@@ -416,7 +419,7 @@ class Trainer:
 
     def _save(self, ck: ckpt_lib.Checkpointer, iteration: int, state: TrainState, data_state: bytes) -> None:
         try:
-            ck.save(iteration, state, data_state, config_lib.to_plain_dict(self.config))
+            ck.save(iteration, state, data_state, config_lib.to_plain_dict(self.config), inference=self._assets)
         except OSError as e:
             raise ckpt_lib.CheckpointError(
                 f"checkpoint {iteration}: save to {ck.directory} failed ({e.strerror or e}); earlier checkpoints are intact"
@@ -439,6 +442,9 @@ class Trainer:
         path = os.path.join(self.config.job.path_local, "export", "net.safetensors")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         export_dit(params, defs.dit_cfg, path)
+        write_export_manifest(
+            config_lib.to_plain_dict(self.config), self._assets, self.config.job.path_local, os.path.dirname(path)
+        )
         logging.info("exported %s parameters to %s", "EMA" if state.ema_params is not None else "raw", path)
 
 

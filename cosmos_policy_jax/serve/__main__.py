@@ -1,0 +1,4 @@
+from cosmos_policy_jax.serve.main import run
+
+if __name__ == "__main__":
+    run()
