@@ -69,34 +69,9 @@ def worker_rss_mb() -> list[float]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--final_image_size", type=int, default=224)
-    p.add_argument("--stored_image_size", type=int, default=256)
-    p.add_argument("--jpeg", action="store_true", help="store frames as JPEG (decoded per sample)")
-    p.add_argument("--no_aug", action="store_true", help="turn the image augmentation off")
-    p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--rollouts", type=int, default=8)
-    p.add_argument("--prefetch", type=int, default=2)
-    p.add_argument(
-        "--data_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "bench_data")
-    )
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-
-    root = prepare(
-        args.data_dir, image_size=args.stored_image_size, jpeg=args.jpeg, episodes=args.episodes, rollouts=args.rollouts
-    )
-    ds = get_config("libero").dataloader_train.dataset
-    with ds.unlocked():
-        ds.final_image_size = args.final_image_size
-        ds.use_image_aug = not args.no_aug
-    source = LiberoSource.from_config(demo_gen.demo_dataset_config(ds, root), seed=0)
-
+def time_workers(source, args) -> list[dict]:
+    """For each of ``args.workers``: build the pipeline over ``source``, discard ``args.warmup`` batches
+    (worker start-up), time ``args.batches`` batches; samples/s, warm-up seconds and workers' RSS."""
     results = []
     for workers in (int(w) for w in args.workers.split(",")):
         it = pipeline.build_pipeline(
@@ -125,6 +100,38 @@ def main() -> None:
             f"video {tuple(batch['video'].shape)}, warm-up {startup:.1f} s)"
             + (f", worker RSS {max(rss):.0f} MB" if rss else "")
         )
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--final_image_size", type=int, default=224)
+    p.add_argument("--stored_image_size", type=int, default=256)
+    p.add_argument("--jpeg", action="store_true", help="store frames as JPEG (decoded per sample)")
+    p.add_argument("--no_aug", action="store_true", help="turn the image augmentation off")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--rollouts", type=int, default=8)
+    p.add_argument("--prefetch", type=int, default=2)
+    p.add_argument(
+        "--data_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "bench_data")
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    root = prepare(
+        args.data_dir, image_size=args.stored_image_size, jpeg=args.jpeg, episodes=args.episodes, rollouts=args.rollouts
+    )
+    ds = get_config("libero").dataloader_train.dataset
+    with ds.unlocked():
+        ds.final_image_size = args.final_image_size
+        ds.use_image_aug = not args.no_aug
+    source = LiberoSource.from_config(demo_gen.demo_dataset_config(ds, root), seed=0)
+
+    results = time_workers(source, args)
     if args.json:
         # Imported here: `common` imports jax, which grain worker processes (re-importing this module) should not.
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -17,15 +17,14 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data_pipeline import prepare
+from data_pipeline import prepare, time_workers
 
 from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data import demo_gen, pipeline
+from cosmos_policy_jax.data import demo_gen
 from cosmos_policy_jax.data.lerobot import LeRobotDataset, LeRobotSource
 
 
@@ -58,32 +57,7 @@ def main() -> None:
     version = LeRobotDataset(cfg["data_dir"]).version
     source = LeRobotSource.from_config(cfg, seed=0)
 
-    results = []
-    for workers in (int(w) for w in args.workers.split(",")):
-        it = pipeline.build_pipeline(
-            source,
-            batch_size_per_process=args.batch_size,
-            dp_rank=0,
-            dp_size=1,
-            shuffle=True,
-            num_workers=workers,
-            prefetch_buffer_size=args.prefetch,
-        )
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            next(it)
-        startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(args.batches):
-            batch = next(it)
-        elapsed = time.perf_counter() - t0
-        it.close()
-        rate = args.batches * args.batch_size / elapsed
-        results.append({"workers": workers, "samples_per_s": rate, "warmup_s": startup})
-        print(
-            f"workers={workers}: {rate:8.1f} samples/s  ({args.batches} batches of {args.batch_size}, "
-            f"video {tuple(batch['video'].shape)}, warm-up {startup:.1f} s)"
-        )
+    results = time_workers(source, args)
     if args.json:
         import common
 
