@@ -97,6 +97,19 @@ def _place(nested: dict, abstract: Any) -> Any:
     return jax.device_put(state, shardings)
 
 
+def _resolve_checkpoint(path: str) -> tuple[str, str | None, str | None]:
+    """(absolute path, its orbax step dir or None, the job's export file when a directory without
+    checkpoints has one, else None); ``EvalInputError`` if nothing is at ``path``."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise EvalInputError(f"checkpoint not found: {path}")
+    if not os.path.isdir(path):
+        return path, None, None
+    step_dir = _orbax_step_dir(path)
+    export = os.path.join(path, "export", "net.safetensors")
+    return path, step_dir, export if step_dir is None and os.path.isfile(export) else None
+
+
 def load_dit_params(path: str, abstract_params: Any, *, use_ema: bool | None = None) -> LoadedParams:
     """DiT parameters from ``path`` (see the module docstring), placed like ``abstract_params``.
 
@@ -107,15 +120,11 @@ def load_dit_params(path: str, abstract_params: Any, *, use_ema: bool | None = N
     from cosmos_policy_jax.convert.core import WeightImportError
     from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise EvalInputError(f"checkpoint not found: {path}")
+    path, step_dir, export = _resolve_checkpoint(path)
+    if export:
+        return load_dit_params(export, abstract_params, use_ema=use_ema)
     if os.path.isdir(path):
-        step_dir = _orbax_step_dir(path)
         if step_dir is None:
-            export = os.path.join(path, "export", "net.safetensors")
-            if os.path.isfile(export):
-                return load_dit_params(export, abstract_params, use_ema=use_ema)
             raise EvalInputError(
                 f"{path}: neither an orbax checkpoint (checkpoints/<step>/state) nor a job with export/"
             )
@@ -249,14 +258,12 @@ def load_checkpoint_assets(path: str) -> CheckpointAssets:
     from cosmos_policy_jax.training import assets as assets_lib
     from cosmos_policy_jax.training import checkpoint as ckpt_lib
 
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise EvalInputError(f"checkpoint not found: {path}")
+    path, step_dir, export = _resolve_checkpoint(path)
+    if export:
+        return load_checkpoint_assets(export)
     if os.path.isdir(path):
-        step_dir = _orbax_step_dir(path)
         if step_dir is None:
-            export = os.path.join(path, "export", "net.safetensors")
-            return load_checkpoint_assets(export) if os.path.isfile(export) else CheckpointAssets()
+            return CheckpointAssets()
         root, step = os.path.dirname(step_dir), int(os.path.basename(step_dir))
         try:
             ck = ckpt_lib.Checkpointer(root, read_only=True)
