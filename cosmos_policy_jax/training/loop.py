@@ -87,6 +87,9 @@ class Preemption:
         del frame
         logging.warning("received signal %d: will checkpoint after the current step and exit", signum)
         self.requested = True
+        if signum == signal.SIGINT:  # a second Ctrl-C kills at once, even inside a stuck step
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            print("[cosmos_policy_jax] interrupted: saving after this step (Ctrl-C again aborts)", flush=True)
 
     def uninstall(self) -> None:
         for sig, old in self._old.items():
