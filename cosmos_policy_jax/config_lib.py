@@ -298,7 +298,8 @@ def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
 
 
 def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool) -> list[str]:
-    """Unset variables in every used path field; with ``check_files``, the input files themselves."""
+    """Unset variables in the job path, and with ``check_files`` in every used input path and the
+    input files themselves (a dry run needs no input file)."""
     used = ["job.path_local"]
     if config.model.tokenizer.load_path:
         used.append("model.tokenizer.load_path")
@@ -306,6 +307,8 @@ def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool)
     for section in ("dataloader_train", "dataloader_val"):
         if section == "dataloader_train" or config.trainer.run_validation:
             used += [f"{section}.dataset.{k}" for k in _dataset_needs(config[section].dataset)]
+    if not check_files:
+        used = ["job.path_local"]  # a dry run writes the job directory and reads no input
     p = []
     for field in used:
         value = get_field(config, field)
@@ -319,8 +322,8 @@ def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool)
                 p.append(f"job.path_local: {value} is a file, not a directory")
         elif not value:
             p.append(f"{field}: required for dataset kind {get_field(config, field.rsplit('.', 1)[0]).kind!r}")
-        elif check_files and not os.path.exists(value):
-            p.append(f"{field}: file not found: {value}{hint}")
+        elif not os.path.exists(value):
+            p.append(f"{field}: not found: {value}{hint}")
     return p
 
 
@@ -366,7 +369,7 @@ def validate(
     The model section is checked by building the typed configs the trainer builds (``DiTConfig``,
     ``WanVAEConfig``, ``LatentLayout``, ``SDEConfig``, ``PolicyConfig``), so their limits are the only
     ones. ``mesh_shape``/``num_devices`` enable the device-dependent checks; ``check_paths`` the
-    file-system checks (skipped by ``--dryrun``). Unset variables in used path fields always fail.
+    file-system checks (skipped by ``--dryrun``). Unset variables in ``job.path_local`` always fail.
     """
     p = _check_values(config)
     if not p:  # the section checks compare numbers: only when they are all sane

@@ -206,6 +206,10 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     from cosmos_policy_jax.eval import media, rollout
 
     config_lib.resolve(config)
+    if opts.policy == "model":  # before anything is loaded: a checkpoint trained with other sizes/layout
+        from cosmos_policy_jax.config_drift import check_checkpoint_matches
+
+        check_checkpoint_matches(opts.checkpoint, config)
     ds = _dataset_cfg(config)
     kind = ds.kind
     if kind not in ("demo", "libero"):
