@@ -40,9 +40,9 @@ LEROBOT_BASES = ("lerobot", "lerobot_aloha", "lerobot_robocasa")
 BASES = ("libero", "robocasa", "aloha", "demo", "tiny", "bench", *LEROBOT_BASES)
 MODIFIERS = ("tiny", "fp32", "synthetic", "lerobot", "random_weights")
 
-# Pretrained Cosmos-Predict2-2B files (the reference's defaults), and the command that downloads them.
+# Where the pretrained Cosmos-Predict2-2B files live (the reference's defaults); a missing one is
+# reported with its download command (config_lib.PRETRAINED_REPO).
 PREDICT2_DIR = "${BASE_CHECKPOINTS_DIR}/Cosmos-Predict2-2B-Video2World"
-PREDICT2_REPO = "nvidia/Cosmos-Predict2-2B-Video2World"
 
 # Megatron layout on `tensor` (column-parallel q/k/v/mlp-in, row-parallel out/mlp-out), parameters and
 # optimizer state on `fsdp`, batch on (data, fsdp). Logical names are defined in
@@ -84,7 +84,7 @@ def parse_arg(arg: str | None) -> tuple[str, set[str]]:
 
 
 def _net_2b() -> config_dict.ConfigDict:
-    """MinimalV1LVGDiT at 2B (REFERENCE.md 2.1)."""
+    """MinimalV1LVGDiT at 2B; docs/reference.md."""
     return config_dict.ConfigDict(
         dict(
             max_img_h=240,
@@ -120,7 +120,7 @@ def _net_2b() -> config_dict.ConfigDict:
 
 
 def _tokenizer_wan21() -> config_dict.ConfigDict:
-    """Wan2.1 VAE (REFERENCE.md 3.2)."""
+    """Wan2.1 VAE of Cosmos-Predict2-2B."""
     return config_dict.ConfigDict(
         dict(
             dim=96,
@@ -150,7 +150,7 @@ def _layout(name: str) -> config_dict.ConfigDict:
 
 
 def _dataset(kind: str) -> config_dict.ConfigDict:
-    """Dataset section shared by LIBERO/RoboCasa/ALOHA/demo (REFERENCE.md 6 and 10)."""
+    """Dataset section shared by LIBERO/RoboCasa/ALOHA/demo; per-benchmark values in docs/reference.md."""
     return config_dict.ConfigDict(
         dict(
             kind=kind,  # libero | robocasa | aloha | demo | synthetic
@@ -204,7 +204,7 @@ def _base_libero() -> config_dict.ConfigDict:
             seed=0,
             callbacks=("metrics_logger", "progress", "device_monitor"),
             use_wandb=False,
-            # Dynamic loss scaling (only meaningful for fp16 compute; bf16 needs none: REFERENCE.md 7.5).
+            # Dynamic loss scaling (only meaningful for fp16 compute; bf16 needs none, as in the reference).
             loss_scaling=False,
             init_loss_scale=2.0**15,
             loss_scale_growth_interval=2000,
@@ -227,7 +227,7 @@ def _base_libero() -> config_dict.ConfigDict:
     m.loss_scale = 10.0
     m.adjust_video_noise = True
     m.rectified_flow_t_scaling_factor = 1.0
-    m.precision = "bfloat16"  # batch floats and the net in bf16 (REFERENCE.md 4.2); float32 for parity
+    m.precision = "bfloat16"  # batch floats and the net in bf16 as the reference; float32 for parity
     m.high_sigma_strategy = "none"
     m.mask_loss_for_action_future_state_prediction = False
     m.mask_value_prediction_loss_for_policy_prediction = False
@@ -305,7 +305,7 @@ def _base_libero() -> config_dict.ConfigDict:
         dict(
             save_iter=1000,
             # Cosmos-Predict2-2B base weights (`model-480p-16fps.pt`). Unlike the reference trainer
-            # (REFERENCE.md 11.1), a `.pt` load_path is loaded, and the log says so.
+            # (docs/reference.md), a `.pt` load_path is loaded, and the log says so.
             load_path=f"{PREDICT2_DIR}/model-480p-16fps.pt",
             load_ema_to_reg=True,
             resume_from_checkpoint="",
