@@ -264,10 +264,10 @@ def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
     p = []
     for section in ("dataloader_train", "dataloader_val"):
         dl = config[section]
-        ds = dl.dataset
+        ds, gbs = dl.dataset, dl.global_batch_size
         checks = (
             (dl.batch_size >= 1, "batch_size", f"must be >= 1, got {dl.batch_size}"),
-            (dl.global_batch_size is None or dl.global_batch_size >= 1, "global_batch_size", "must be >= 1"),
+            (gbs is None or gbs >= 1, "global_batch_size", f"must be >= 1, got {gbs}"),
             (dl.num_workers >= 0, "num_workers", f"must be >= 0, got {dl.num_workers}"),
             (dl.timeout > 0, "timeout", f"must be > 0 seconds, got {dl.timeout}"),
             (ds.kind in DATASET_KINDS, "dataset.kind", f"must be one of {DATASET_KINDS}, got {ds.kind!r}"),
@@ -289,7 +289,6 @@ def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
         for key in ("demonstration_sampling_prob", "success_rollout_sampling_prob"):
             if not 0.0 <= ds[key] <= 1.0:
                 p.append(f"{section}.dataset.{key}: must be in [0, 1], got {ds[key]}")
-        gbs = dl.global_batch_size
         if mesh_shape is not None and gbs is not None and gbs >= 1:
             dp = mesh_shape["data"] * mesh_shape["fsdp"]
             if gbs % dp:

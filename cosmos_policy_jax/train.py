@@ -3,8 +3,10 @@ r"""Train Cosmos Policy.
     python -m cosmos_policy_jax.train --config=configs/cosmos_policy.py:libero \
         --config.trainer.max_iter=10000 [--dryrun]
 
-Launch order (as the reference's): parse flags and config -> (dry run: print, write config.yaml,
-exit) -> distributed init -> mesh -> validate -> freeze -> job directory files -> trainer -> train.
+Launch order: parse flags and config -> (dry run: print, write config.yaml, exit) -> validate the
+config and its input files, compare with the job's saved config.yaml (no backend yet: a missing
+weight file fails in seconds) -> distributed init -> mesh -> device checks -> freeze -> trainer
+(job directory files once the inputs have loaded) -> train.
 """
 
 from __future__ import annotations
@@ -88,14 +90,14 @@ def _check_restart(config, *, dryrun: bool = False) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.trainer.max_iter=10")
-    if _CONFIG.value is None:
-        _fail("--config is required, e.g. --config=configs/cosmos_policy.py:demo")
-    from cosmos_policy_jax import config_lib
-
     try:
         config: config_dict.ConfigDict = _CONFIG.value
     except OSError as e:  # the file exists (checked while parsing) but does not load
         _fail(f"cannot load --config: {_describe(e.__cause__ or e)}")
+    if config is None:
+        _fail("--config is required, e.g. --config=configs/cosmos_policy.py:demo")
+    from cosmos_policy_jax import config_lib
+
     overrides = config_lib.config_overrides(sys.argv[1:])
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     unresolved = config_lib.resolve(config)
