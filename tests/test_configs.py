@@ -259,7 +259,7 @@ def _shipped_keys() -> set[str]:
         for n in range(len(cosmos_policy.MODIFIERS) + 1):
             for mods in itertools.combinations(cosmos_policy.MODIFIERS, n):
                 c = cosmos_policy.get_config(",".join((base, *mods)))
-                keys |= {k for k, _ in config_lib._leaves(c)}
+                keys |= {k for k, _ in config_lib.leaves(c)}
     return keys
 
 
