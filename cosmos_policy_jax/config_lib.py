@@ -132,8 +132,10 @@ def _download_hint(path: str) -> str:
 def _named(section: str, error: Exception) -> str:
     """A typed config's error as a problem line that names its config key."""
     msg = " ".join(str(error).split())
-    if msg.startswith(("sde.", "latent_layout")):
+    if msg.startswith(("sde.", "latent_layout", "num_conditional_frames")):
         return f"model.{msg}"
+    if msg.startswith("latent layout state_t"):
+        return f"model.state_t: {msg}"
     return msg if msg.startswith(section.split(".")[0] + ".") else f"{section}: {msg}"
 
 

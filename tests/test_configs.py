@@ -288,3 +288,21 @@ def test_formerly_undeclared_keys_are_overridable():
     c.trainer.peak_tflops = 100.0
     c.checkpoint.export_on_end = False
     c.trainer.allow_config_drift = True
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("model.state_t", 1, "model.state_t"),
+        ("model.num_conditional_frames", 0, "model.num_conditional_frames"),
+        ("model.sde.p_std", -1.0, "model.sde.p_std"),
+        ("model.tokenizer.dim_mult", (1, 2), "model.tokenizer.temperal_downsample"),
+        ("model.latent_layout.action", -1, "model.latent_layout.action"),
+        ("model.net.attention_impl", "flash", "model.net.attention_impl"),
+    ],
+)
+def test_typed_config_errors_name_their_key(key, value, named):
+    c = cosmos_policy.get_config("tiny")
+    config_lib.set_field(c, key, value)
+    problems = _problems(c, check_paths=False)
+    assert len(problems) == 1 and problems[0].startswith(named), problems
