@@ -120,7 +120,7 @@ _PRETRAINED_FILES = ("tokenizer/tokenizer.pth", "model-480p-16fps.pt")
 _INT32_MAX = 2**31 - 1
 
 
-def _download_hint(path: str) -> str:
+def download_hint(path: str) -> str:
     """How to fetch ``path`` when it is one of NVIDIA's released files, else ''."""
     for name in _PRETRAINED_FILES:
         if path.endswith("/" + name):
@@ -313,7 +313,7 @@ def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool)
     p = []
     for field in used:
         value = get_field(config, field)
-        hint = _download_hint(value)
+        hint = download_hint(value)
         if field == "checkpoint.load_path":
             hint += "; or pass --config.checkpoint.load_path='' to start the DiT from random weights"
         if field in unresolved:

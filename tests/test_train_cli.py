@@ -185,3 +185,16 @@ def test_eval_help_lists_flags_and_missing_config_is_one_line(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "nope.py" in out.stderr
+
+
+def test_eval_names_a_missing_pretrained_vae(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "no_such_backend", "BASE_CHECKPOINTS_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "cosmos_policy_jax.eval", "--config=configs/cosmos_policy.py:libero",
+         f"--checkpoint={tmp_path}/model.pt", f"--output={tmp_path / 'out'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path}/Cosmos-Predict2-2B-Video2World/tokenizer/tokenizer.pth" in err[0], out.stderr
+    assert "hf download" in err[0]

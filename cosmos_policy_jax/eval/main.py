@@ -206,9 +206,12 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     from cosmos_policy_jax.eval import media, rollout
 
     config_lib.resolve(config)
-    if opts.policy == "model":  # before anything is loaded: a checkpoint trained with other sizes/layout
+    if opts.policy == "model":  # before anything is loaded: the VAE file, a checkpoint of other sizes/layout
         from cosmos_policy_jax.config_drift import check_checkpoint_matches
 
+        vae = config.model.tokenizer.load_path
+        if vae and not os.path.exists(vae):
+            raise EvalInputError(f"model.tokenizer.load_path: not found: {vae}{config_lib.download_hint(vae)}")
         check_checkpoint_matches(opts.checkpoint, config)
     ds = _dataset_cfg(config)
     kind = ds.kind
