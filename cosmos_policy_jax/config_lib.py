@@ -319,8 +319,7 @@ def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool)
         if field in unresolved:
             p.append(f"{field}: environment variable(s) {', '.join(unresolved[field])} not set ({value}){hint}")
         elif field == "job.path_local":
-            if os.path.isfile(value):
-                p.append(f"job.path_local: {value} is a file, not a directory")
+            continue  # a path that is a file: training/joblock.py names it when the job starts
         elif not value:
             p.append(f"{field}: required for dataset kind {get_field(config, field.rsplit('.', 1)[0]).kind!r}")
         elif not os.path.exists(value):
