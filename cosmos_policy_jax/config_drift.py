@@ -45,6 +45,7 @@ INFERENCE_KEYS = (
     "dataloader_train.dataset.proprio_dim",
     "dataloader_train.dataset.chunk_size",
     "dataloader_train.dataset.final_image_size",
+    "dataloader_train.dataset.text_len",
     "dataloader_train.dataset.text_dim",
     "model.state_t",
     "model.num_conditional_frames",

@@ -179,7 +179,8 @@ def create_vae_params(config, defs: ModelDefs, mesh: Mesh) -> Any:
         params = jax.tree.map(lambda a: a, defs.vae_abstract_params)
         nnx.replace_by_pure_dict(params, nested)
         return jax.device_put(params, shardings)
-    if not tok.get("random_init", False):
+    # A config saved before ``random_init`` existed meant a random VAE by an empty load_path.
+    if not tok.get("random_init", True):
         from cosmos_policy_jax.config_lib import ConfigError
 
         raise ConfigError(["model.tokenizer.load_path: empty and model.tokenizer.random_init is not set"])
