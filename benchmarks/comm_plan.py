@@ -135,9 +135,7 @@ def compile_dit_step(mesh_sizes: tuple[int, int, int], num_blocks: int) -> str:
     from configs.cosmos_policy import get_config
     from cosmos_policy_jax.parallel.mesh import make_mesh
 
-    c = get_config("libero,synthetic")
-    c.checkpoint.load_path = ""
-    c.model.tokenizer.load_path = ""
+    c = get_config("libero,synthetic,random_weights")
     c.model.net.attention_impl = "xla"
     c.model.net.num_blocks = num_blocks
     c.model.net.scan_layers = False

@@ -86,7 +86,7 @@ run() {
 # oom NAME: did the last run of NAME fail for lack of device memory?
 oom() { grep -qiE "RESOURCE_EXHAUSTED|out of memory|OOM" "/tmp/gpu_check_$1.err"; }
 
-LIBERO=(--config=configs/cosmos_policy.py:libero,synthetic --config.checkpoint.load_path= --mesh=1,1,1
+LIBERO=(--config=configs/cosmos_policy.py:libero,synthetic,random_weights --mesh=1,1,1
   --config.dataloader_train.num_workers=0)
 
 # (a) The 2B libero step at the largest batch that fits (tried from the largest; an out-of-memory

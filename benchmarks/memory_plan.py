@@ -66,6 +66,7 @@ def build_config(mesh: tuple[int, int, int], remat: str, batch_steps: int):
     c.model.tokenizer.conv_impl = _CONV.value
     c.checkpoint.load_path = ""
     c.model.tokenizer.load_path = ""
+    c.model.tokenizer.random_init = True
     return c
 
 

@@ -1,8 +1,8 @@
 r"""Training-step benchmark: compile time, step time, samples/s, model FLOPs, TFLOP/s per device, MFU, memory.
 
     python benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --json
-    python benchmarks/train_step.py --config=configs/cosmos_policy.py:libero,synthetic \
-        --config.dataloader_train.batch_size=8 --config.checkpoint.load_path= --mesh=1,-1,1 --json
+    python benchmarks/train_step.py --config=configs/cosmos_policy.py:libero,synthetic,random_weights \
+        --config.dataloader_train.batch_size=8 --mesh=1,-1,1 --json
     COSMOS_POLICY_CPU_ONEDNN=0 python benchmarks/train_step.py --json   # XLA's default CPU kernels, no oneDNN
 
 ``--config`` and its ``--config.x=y`` overrides work exactly as in the trainer. Three programs are

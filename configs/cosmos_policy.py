@@ -12,9 +12,17 @@ experiment and optional modifiers::
     lerobot           your LeRobot dataset (v3.0/v2.1), LIBERO-like layout (primary + wrist camera);
                       lerobot_aloha (primary + two wrists), lerobot_robocasa (two primaries + wrist)
 
-    modifiers:  tiny (shrink any base to test size), fp32 (float32 compute),
-                synthetic (fake data source with the model's input spec, no files needed),
+    modifiers:  tiny (shrink any base to test size; its VAE is random: test sizes have no weights),
+                fp32 (float32 compute),
+                synthetic (fake data source with the model's input spec, no dataset files needed;
+                  the weights are untouched: libero,synthetic still loads the pretrained VAE/DiT),
+                random_weights (random DiT and VAE, no weight files needed: benchmarks),
                 lerobot (demo only: train from the demo dataset's LeRobot copy)
+
+The production bases (and lerobot*) load the pretrained Wan2.1 VAE and Cosmos-Predict2 DiT from
+``$BASE_CHECKPOINTS_DIR/Cosmos-Predict2-2B-Video2World``; a random VAE is only used when
+``model.tokenizer.random_init=True`` (demo, tiny, bench, the tiny and random_weights modifiers), and
+the trainer says so at start.
 
 Sections follow the reference trainer: job, trainer, model (net, tokenizer, sde, sampler, ema),
 optimizer, scheduler, dataloader_train, dataloader_val, checkpoint, parallel.
@@ -30,7 +38,11 @@ from cosmos_policy_jax.layouts import full_layout
 
 LEROBOT_BASES = ("lerobot", "lerobot_aloha", "lerobot_robocasa")
 BASES = ("libero", "robocasa", "aloha", "demo", "tiny", "bench", *LEROBOT_BASES)
-MODIFIERS = ("tiny", "fp32", "synthetic", "lerobot")
+MODIFIERS = ("tiny", "fp32", "synthetic", "lerobot", "random_weights")
+
+# Where the pretrained Cosmos-Predict2-2B files live (the reference's defaults); a missing one is
+# reported with its download command (config_lib.PRETRAINED_REPO).
+PREDICT2_DIR = "${BASE_CHECKPOINTS_DIR}/Cosmos-Predict2-2B-Video2World"
 
 # Megatron layout on `tensor` (column-parallel q/k/v/mlp-in, row-parallel out/mlp-out), parameters and
 # optimizer state on `fsdp`, batch on (data, fsdp). Logical names are defined in
@@ -72,7 +84,7 @@ def parse_arg(arg: str | None) -> tuple[str, set[str]]:
 
 
 def _net_2b() -> config_dict.ConfigDict:
-    """MinimalV1LVGDiT at 2B (REFERENCE.md 2.1)."""
+    """MinimalV1LVGDiT at 2B; docs/reference.md."""
     return config_dict.ConfigDict(
         dict(
             max_img_h=240,
@@ -108,7 +120,7 @@ def _net_2b() -> config_dict.ConfigDict:
 
 
 def _tokenizer_wan21() -> config_dict.ConfigDict:
-    """Wan2.1 VAE (REFERENCE.md 3.2)."""
+    """Wan2.1 VAE of Cosmos-Predict2-2B."""
     return config_dict.ConfigDict(
         dict(
             dim=96,
@@ -117,8 +129,11 @@ def _tokenizer_wan21() -> config_dict.ConfigDict:
             num_res_blocks=2,
             temperal_downsample=(False, True, True),
             dtype="bfloat16",
-            # `tokenizer.pth` of Cosmos-Predict2-2B. Empty: random init (only sensible for demo/tests).
-            load_path="",
+            # `tokenizer.pth` of Cosmos-Predict2-2B (the reference's default VAE). Required unless
+            # random_init=True (demo/tests/benchmarks), which needs load_path="".
+            load_path=f"{PREDICT2_DIR}/tokenizer/tokenizer.pth",
+            random_init=False,
+            # Must match dim_mult / temperal_downsample (checked): what the data and policy code assume.
             spatial_compression=8,
             temporal_compression=4,
             # 3x3x3 kernel: auto = XLA's conv3d on GPU and with oneDNN on CPU, else time-shifted 2D convs.
@@ -135,7 +150,7 @@ def _layout(name: str) -> config_dict.ConfigDict:
 
 
 def _dataset(kind: str) -> config_dict.ConfigDict:
-    """Dataset section shared by LIBERO/RoboCasa/ALOHA/demo (REFERENCE.md 6 and 10)."""
+    """Dataset section shared by LIBERO/RoboCasa/ALOHA/demo; per-benchmark values in docs/reference.md."""
     return config_dict.ConfigDict(
         dict(
             kind=kind,  # libero | robocasa | aloha | demo | synthetic
@@ -161,6 +176,7 @@ def _dataset(kind: str) -> config_dict.ConfigDict:
             return_value_function_returns=True,
             gamma=0.99,
             split="",  # ALOHA: "train" / "val" episode split; others ignore it
+            use_jpeg_for_rollouts=False,  # ALOHA: read rollouts' *_images_jpeg datasets (the reference's flag)
             text_len=512,
             text_dim=1024,
             # demo dataset generator (kind=demo): episodes generated on first use.
@@ -188,13 +204,15 @@ def _base_libero() -> config_dict.ConfigDict:
             seed=0,
             callbacks=("metrics_logger", "progress", "device_monitor"),
             use_wandb=False,
-            # Dynamic loss scaling (only meaningful for fp16 compute; bf16 needs none: REFERENCE.md 7.5).
+            # Dynamic loss scaling (only meaningful for fp16 compute; bf16 needs none, as in the reference).
             loss_scaling=False,
             init_loss_scale=2.0**15,
             loss_scale_growth_interval=2000,
-            skip_nonfinite_updates=True,
-            profile_steps=0,
             exit_code_on_preemption=143,
+            # Peak TFLOP/s per device for the logged MFU; 0: looked up from the device kind.
+            peak_tflops=0.0,
+            # Restart with shape- or data-changing keys that differ from the job's config.yaml.
+            allow_config_drift=False,
         )
     )
     m = config_dict.ConfigDict()
@@ -209,7 +227,7 @@ def _base_libero() -> config_dict.ConfigDict:
     m.loss_scale = 10.0
     m.adjust_video_noise = True
     m.rectified_flow_t_scaling_factor = 1.0
-    m.precision = "bfloat16"  # batch floats and the net in bf16 (REFERENCE.md 4.2); float32 for parity
+    m.precision = "bfloat16"  # batch floats and the net in bf16 as the reference; float32 for parity
     m.high_sigma_strategy = "none"
     m.mask_loss_for_action_future_state_prediction = False
     m.mask_value_prediction_loss_for_policy_prediction = False
@@ -217,7 +235,6 @@ def _base_libero() -> config_dict.ConfigDict:
     m.mask_future_state_for_qvalue_prediction = False
     m.action_loss_multiplier = 1
     m.text_dropout_rate = 0.0
-    m.layout_name = "libero"
     m.latent_layout = _layout("libero")
     m.net = _net_2b()
     m.tokenizer = _tokenizer_wan21()
@@ -240,7 +257,7 @@ def _base_libero() -> config_dict.ConfigDict:
     m.ema = config_dict.ConfigDict(dict(enabled=False, rate=0.1))
     c.model = m
     c.optimizer = config_dict.ConfigDict(
-        dict(name="adamw", lr=1e-4, weight_decay=0.1, b1=0.9, b2=0.99, eps=1e-8, clip_norm=1.0, force_finite=True)
+        dict(name="adamw", lr=1e-4, weight_decay=0.1, b1=0.9, b2=0.99, eps=1e-8, clip_norm=1.0)
     )
     c.scheduler = config_dict.ConfigDict(
         dict(
@@ -288,15 +305,13 @@ def _base_libero() -> config_dict.ConfigDict:
         dict(
             save_iter=1000,
             # Cosmos-Predict2-2B base weights (`model-480p-16fps.pt`). Unlike the reference trainer
-            # (REFERENCE.md 11.1), a `.pt` load_path is loaded, and the log says so.
-            load_path="${BASE_CHECKPOINTS_DIR}/Cosmos-Predict2-2B-Video2World/model-480p-16fps.pt",
-            load_training_state=False,
-            strict_resume=True,
+            # (docs/reference.md), a `.pt` load_path is loaded, and the log says so.
+            load_path=f"{PREDICT2_DIR}/model-480p-16fps.pt",
             load_ema_to_reg=True,
             resume_from_checkpoint="",
             keep_last=3,
             async_save=True,
-            save_on_preemption=True,
+            export_on_end=True,  # write {job}/export/net.safetensors when training ends
         )
     )
     c.parallel = config_dict.ConfigDict(dict(data=1, fsdp=-1, tensor=1, logical_axis_rules=DEFAULT_LOGICAL_AXIS_RULES))
@@ -304,7 +319,6 @@ def _base_libero() -> config_dict.ConfigDict:
 
 
 def _set_layout(c: config_dict.ConfigDict, name: str, state_t: int, num_cond: int) -> None:
-    c.model.layout_name = name
     c.model.latent_layout = _layout(name)
     c.model.state_t = state_t
     c.model.num_conditional_frames = num_cond
@@ -325,13 +339,17 @@ def _robocasa() -> config_dict.ConfigDict:
     c.dataloader_val.dataset = ds.copy_and_resolve_references()
     c.dataloader_val.dataset.use_image_aug = False
     c.dataloader_val.batch_size = 25
-    c.model.sampler.num_open_loop_steps = 32
+    # The reference's RoboCasa evaluation executes 16 of the 32 predicted actions per query.
+    c.model.sampler.num_open_loop_steps = 16
     return c
 
 
 def _aloha() -> config_dict.ConfigDict:
     c = _base_libero()
-    c.job.name = "cosmos_predict2_2b_480p_aloha_185_demos_4_tasks_mixture"
+    c.job.name = (
+        "cosmos_predict2_2b_480p_aloha_185_demos_4_tasks_mixture"
+        "_foldshirt15_candiesinbowl45_candyinbag45_eggplantchickenonplate80"
+    )
     _set_layout(c, "aloha", state_t=11, num_cond=5)
     ds = c.dataloader_train.dataset
     ds.kind = "aloha"
@@ -366,7 +384,7 @@ def _shrink_to_tiny(c: config_dict.ConfigDict) -> None:
     n.remat_policy = "none"
     t = c.model.tokenizer
     t.dim = 8
-    t.load_path = ""
+    _random_weights(c)
     t.batch_steps = 1  # small activations: one pass is fastest
     for dl in (c.dataloader_train, c.dataloader_val):
         dl.dataset.final_image_size = 32
@@ -380,6 +398,13 @@ def _shrink_to_tiny(c: config_dict.ConfigDict) -> None:
     c.trainer.max_iter = 4
     c.scheduler.warm_up_steps = (2, 0)
     c.scheduler.cycle_lengths = (100, 100_000_000_000_000)
+
+
+def _random_weights(c: config_dict.ConfigDict) -> None:
+    """Random DiT and VAE: no weight files needed (tests, demo, benchmarks); announced at start."""
+    c.model.tokenizer.load_path = ""
+    c.model.tokenizer.random_init = True
+    c.checkpoint.load_path = ""
 
 
 def _use_fp32(c: config_dict.ConfigDict) -> None:
@@ -466,7 +491,7 @@ def _bench() -> config_dict.ConfigDict:
     n.remat_policy = "none"
     c.model.tokenizer.dim = 96
     c.model.tokenizer.num_res_blocks = 2
-    c.model.tokenizer.load_path = ""
+    _random_weights(c)
     c.model.tokenizer.batch_steps = 1  # one pass over the batch of 2, as the figures were measured
     for dl in (c.dataloader_train, c.dataloader_val):
         dl.dataset.kind = "synthetic"
@@ -544,5 +569,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     if "synthetic" in mods:
         for dl in (c.dataloader_train, c.dataloader_val):
             dl.dataset.kind = "synthetic"
+    if "random_weights" in mods:
+        _random_weights(c)
     c.config_arg = ",".join([base, *sorted(mods)])
     return c

@@ -7,19 +7,19 @@ the offending key, so a user fixes a config in one round trip instead of one err
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import string
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from ml_collections import config_dict
 
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# Kept here (not in the model modules) so that the models import no config code beyond these names.
 CONV_IMPLS = ("auto", "conv3d", "taps")  # model.tokenizer.conv_impl (models/vae.py)
 REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic", "lerobot")
@@ -113,6 +113,249 @@ def _dataset_needs(ds: config_dict.ConfigDict) -> list[str]:
     return needs
 
 
+# Pretrained files the shipped configs point at, and where they are downloaded from.
+PRETRAINED_REPO = "nvidia/Cosmos-Predict2-2B-Video2World"
+_PRETRAINED_FILES = ("tokenizer/tokenizer.pth", "model-480p-16fps.pt")
+# Seeds and counters become int32 on device (jax keys, the step counter, grain seeds).
+_INT32_MAX = 2**31 - 1
+
+
+def download_hint(path: str) -> str:
+    """How to fetch ``path`` when it is one of NVIDIA's released files, else ''."""
+    for name in _PRETRAINED_FILES:
+        if path.endswith("/" + name):
+            local = path[: -len(name) - 1]
+            return f"; download it with: hf download {PRETRAINED_REPO} {name} --local-dir {local}"
+    return ""
+
+
+def _named(section: str, error: Exception) -> str:
+    """A typed config's error as a problem line that names its config key."""
+    msg = " ".join(str(error).split())
+    if msg.startswith(("sde.", "latent_layout", "num_conditional_frames")):
+        return f"model.{msg}"
+    if msg.startswith("latent layout state_t"):
+        return f"model.state_t: {msg}"
+    return msg if msg.startswith(section.split(".")[0] + ".") else f"{section}: {msg}"
+
+
+def _typed(problems: list[str], section: str, build, *args) -> Any:
+    """``build(*args)``; a ValueError/TypeError becomes one problem line (returns None then)."""
+    try:
+        return build(*args)
+    except (ValueError, TypeError, KeyError) as e:
+        problems.append(_named(section, e))
+        return None
+
+
+def leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a config (sequences are leaves)."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping | config_dict.ConfigDict):
+            yield from leaves(value, name + ".")
+        else:
+            yield name, value
+
+
+def _check_values(config) -> list[str]:
+    """Every number is finite and fits 64 bits (a typo like lr=inf or 1e400 fails here, by name)."""
+    p = []
+    for key, value in leaves(config):
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                p.append(f"{key}: must be a finite number, got {v}")
+            elif isinstance(v, int) and abs(v) >= 2**63:
+                p.append(f"{key}: integer {v} is out of range")
+    return p
+
+
+def _check_job_trainer(config) -> list[str]:
+    p = [f"job.{k}: must be a non-empty string" for k in ("project", "group", "name") if not config.job[k]]
+    t = config.trainer
+    for key in ("max_iter", "logging_iter", "validation_iter", "grad_accum_iter", "max_val_iter"):
+        if not (isinstance(t[key], int) and t[key] >= 1):
+            p.append(f"trainer.{key}: must be an integer >= 1, got {t[key]!r}")
+    if not p and t.max_iter * t.grad_accum_iter > _INT32_MAX:
+        p.append(f"trainer.max_iter: max_iter x grad_accum_iter must be <= {_INT32_MAX} (the step counter)")
+    seeds = {"trainer.seed": t.seed, "model.sampler.seed": config.model.sampler.seed}
+    for section in ("dataloader_train", "dataloader_val"):
+        seeds[f"{section}.seed"] = config[section].seed
+    for key, seed in seeds.items():
+        if not (isinstance(seed, int) and 0 <= seed <= _INT32_MAX):
+            p.append(f"{key}: must be an integer in [0, {_INT32_MAX}], got {seed!r}")
+    if t.get("peak_tflops", 0.0) < 0:
+        p.append(f"trainer.peak_tflops: must be >= 0 (0: look up the device), got {t.peak_tflops}")
+    return p
+
+
+def _check_model(config) -> list[str]:
+    """The typed configs the trainer builds (their limits are the only ones), plus cross-section ties."""
+    from cosmos_policy_jax.diffusion.sde import SDEConfig
+    from cosmos_policy_jax.models.dit import DiTConfig
+    from cosmos_policy_jax.models.vae import WanVAEConfig
+    from cosmos_policy_jax.policy.layout import LatentLayout
+    from cosmos_policy_jax.policy.objective import PolicyConfig
+
+    p: list[str] = []
+    m = config.model
+    net = _typed(p, "model.net", DiTConfig.from_config, m.net)
+    vae = _typed(p, "model.tokenizer", WanVAEConfig.from_config, m.tokenizer)
+    layout = _typed(p, "model.latent_layout", LatentLayout.from_config, m)
+    sde = _typed(p, "model.sde", SDEConfig.from_config, m.sde)
+    if layout is not None and sde is not None:
+        _typed(p, "model", PolicyConfig.from_config, config)
+    for key in ("sigma_data", "loss_scale"):
+        if not m[key] > 0:
+            p.append(f"model.{key}: must be > 0, got {m[key]}")
+    if net is not None and net.in_channels != m.state_ch:
+        p.append(f"model.net.in_channels: must equal model.state_ch={m.state_ch}")
+    tok = m.tokenizer
+    if tok.z_dim != m.state_ch:
+        p.append(f"model.tokenizer.z_dim: must equal model.state_ch={m.state_ch}")
+    if vae is not None:
+        for key, factor in (("spatial_compression", vae.spatial_factor), ("temporal_compression", vae.temporal_factor)):
+            if tok[key] != factor:
+                p.append(f"model.tokenizer.{key}: must be {factor} (from dim_mult/temperal_downsample), got {tok[key]}")
+    if tok.random_init and tok.load_path:
+        p.append("model.tokenizer.random_init=True needs model.tokenizer.load_path='' (a random VAE reads no file)")
+    if not tok.random_init and not tok.load_path:
+        p.append(
+            "model.tokenizer.load_path: empty; set it to the pretrained VAE (tokenizer.pth) "
+            "or ask for a random VAE with --config.model.tokenizer.random_init=True"
+        )
+    s = m.sampler
+    if s.num_steps < 1:
+        p.append(f"model.sampler.num_steps: must be >= 1, got {s.num_steps}")
+    if not 0 < s.sigma_min < s.sigma_max:
+        p.append("model.sampler.sigma_min: must satisfy 0 < sigma_min < sigma_max")
+    if s.solver not in ("2ab", "1euler"):
+        p.append(f"model.sampler.solver: must be 2ab or 1euler, got {s.solver!r}")
+    if s.num_open_loop_steps < 1:  # <= chunk_size is eval's check (it may override either)
+        p.append(f"model.sampler.num_open_loop_steps: must be >= 1, got {s.num_open_loop_steps}")
+    return p
+
+
+def _check_optimizer(config) -> list[str]:
+    p = []
+    o = config.optimizer
+    if o.name != "adamw":
+        p.append(f"optimizer.name: only adamw is supported, got {o.name!r}")
+    for key in ("lr", "weight_decay"):
+        if not o[key] >= 0:
+            p.append(f"optimizer.{key}: must be >= 0, got {o[key]}")
+    if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+        p.append("optimizer.b1: betas must be in [0, 1)")
+    for key in ("eps", "clip_norm"):
+        if not o[key] > 0:
+            p.append(f"optimizer.{key}: must be > 0, got {o[key]}")
+    sc = config.scheduler
+    if sc.name != "lambdalinear":
+        p.append(f"scheduler.name: only lambdalinear is supported, got {sc.name!r}")
+    if len({len(sc[k]) for k in ("cycle_lengths", "warm_up_steps", "f_start", "f_max", "f_min")}) != 1:
+        p.append("scheduler: cycle_lengths, warm_up_steps, f_start, f_max, f_min need equal lengths")
+    for i, (c, w) in enumerate(zip(sc.cycle_lengths, sc.warm_up_steps)):
+        if not (c > 0 and 0 <= w < c):
+            p.append(f"scheduler.warm_up_steps[{i}]: must be in [0, cycle_length)")
+    return p
+
+
+def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
+    p = []
+    for section in ("dataloader_train", "dataloader_val"):
+        dl = config[section]
+        ds, gbs = dl.dataset, dl.global_batch_size
+        checks = (
+            (dl.batch_size >= 1, "batch_size", f"must be >= 1, got {dl.batch_size}"),
+            (gbs is None or gbs >= 1, "global_batch_size", f"must be >= 1, got {gbs}"),
+            (dl.num_workers >= 0, "num_workers", f"must be >= 0, got {dl.num_workers}"),
+            (dl.timeout > 0, "timeout", f"must be > 0 seconds, got {dl.timeout}"),
+            (ds.kind in DATASET_KINDS, "dataset.kind", f"must be one of {DATASET_KINDS}, got {ds.kind!r}"),
+            (ds.chunk_size >= 1, "dataset.chunk_size", f"must be >= 1, got {ds.chunk_size}"),
+            (ds.text_len >= 1, "dataset.text_len", f"must be >= 1, got {ds.text_len}"),
+            (
+                ds.final_image_size >= 16 and ds.final_image_size % 16 == 0,
+                "dataset.final_image_size",
+                f"must be a positive multiple of 16 (VAE x8, patch x2), got {ds.final_image_size}",
+            ),
+            (0.0 < ds.gamma <= 1.0, "dataset.gamma", f"must be in (0, 1], got {ds.gamma}"),
+            (
+                ds.text_dim == config.model.net.crossattn_emb_channels,
+                "dataset.text_dim",
+                f"must equal model.net.crossattn_emb_channels={config.model.net.crossattn_emb_channels}",
+            ),
+        )
+        p += [f"{section}.{key}: {msg}" for ok, key, msg in checks if not ok]
+        for key in ("demonstration_sampling_prob", "success_rollout_sampling_prob"):
+            if not 0.0 <= ds[key] <= 1.0:
+                p.append(f"{section}.dataset.{key}: must be in [0, 1], got {ds[key]}")
+        if mesh_shape is not None and gbs is not None and gbs >= 1:
+            dp = mesh_shape["data"] * mesh_shape["fsdp"]
+            if gbs % dp:
+                p.append(f"{section}.global_batch_size: {gbs} is not divisible by the data-parallel size {dp} (data x fsdp)")
+    return p
+
+
+def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool) -> list[str]:
+    """Unset variables in the job path, and with ``check_files`` in every used input path and the
+    input files themselves (a dry run needs no input file)."""
+    used = ["job.path_local"]
+    if config.model.tokenizer.load_path:
+        used.append("model.tokenizer.load_path")
+    used += [f"checkpoint.{k}" for k in ("load_path", "resume_from_checkpoint") if config.checkpoint[k]]
+    for section in ("dataloader_train", "dataloader_val"):
+        if section == "dataloader_train" or config.trainer.run_validation:
+            used += [f"{section}.dataset.{k}" for k in _dataset_needs(config[section].dataset)]
+    if not check_files:
+        used = ["job.path_local"]  # a dry run writes the job directory and reads no input
+    p = []
+    for field in used:
+        value = get_field(config, field)
+        hint = download_hint(value)
+        if field == "checkpoint.load_path":
+            hint += "; or pass --config.checkpoint.load_path='' to start the DiT from random weights"
+        if field in unresolved:
+            p.append(f"{field}: environment variable(s) {', '.join(unresolved[field])} not set ({value}){hint}")
+        elif field == "job.path_local":
+            continue  # a path that is a file: training/joblock.py names it when the job starts
+        elif not value:
+            p.append(f"{field}: required for dataset kind {get_field(config, field.rsplit('.', 1)[0]).kind!r}")
+        elif not os.path.exists(value):
+            p.append(f"{field}: not found: {value}{hint}")
+    return p
+
+
+def _check_parallel(config, num_devices: int | None, mesh_shape: Mapping[str, int] | None) -> list[str]:
+    from cosmos_policy_jax.parallel.mesh import resolve_axis_sizes
+    from cosmos_policy_jax.parallel.rules import check_rules, normalize_rules
+
+    p = []
+    par = config.parallel
+    for key in ("data", "fsdp", "tensor"):
+        if not (par[key] == -1 or par[key] >= 1):
+            p.append(f"parallel.{key}: must be >= 1 or -1 (fill), got {par[key]}")
+    if [par.data, par.fsdp, par.tensor].count(-1) > 1:
+        p.append("parallel: at most one of data/fsdp/tensor may be -1")
+    try:
+        check_rules(normalize_rules(par.logical_axis_rules))
+        if num_devices is not None:
+            resolve_axis_sizes((par.data, par.fsdp, par.tensor), num_devices)
+    except ValueError as e:
+        p.append(str(e))
+    n = config.model.net
+    if mesh_shape is not None:
+        tp = mesh_shape["tensor"]
+        if n.num_heads % tp:
+            p.append(f"parallel.tensor: {tp} must divide model.net.num_heads={n.num_heads}")
+        if int(n.model_channels * n.mlp_ratio) % tp:
+            p.append(f"parallel.tensor: {tp} must divide the MLP width {int(n.model_channels * n.mlp_ratio)}")
+    ck = config.checkpoint
+    p += [f"checkpoint.{k}: must be >= 1, got {ck[k]}" for k in ("save_iter", "keep_last") if ck[k] < 1]
+    return p
+
+
 def validate(
     config: config_dict.ConfigDict,
     *,
@@ -121,198 +364,21 @@ def validate(
     check_paths: bool = True,
     unresolved: Mapping[str, list[str]] | None = None,
 ) -> None:
-    """Check required fields and cross-field constraints; raise ``ConfigError`` listing every problem.
+    """Check the config section by section; raise ``ConfigError`` listing every problem.
 
-    ``mesh_shape``/``num_devices`` enable the device-dependent checks (mesh product, batch
-    divisibility); ``check_paths`` the file-system checks (skipped by ``--dryrun``).
+    The model section is checked by building the typed configs the trainer builds (``DiTConfig``,
+    ``WanVAEConfig``, ``LatentLayout``, ``SDEConfig``, ``PolicyConfig``), so their limits are the only
+    ones. ``mesh_shape``/``num_devices`` enable the device-dependent checks; ``check_paths`` the
+    file-system checks (skipped by ``--dryrun``). Unset variables in ``job.path_local`` always fail.
     """
-    p: list[str] = []
-    unresolved = unresolved or {}
-
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            p.append(f"{key}: {msg}")
-
-    for key in ("project", "group", "name"):
-        need(bool(config.job[key]), f"job.{key}", "must be a non-empty string")
-
-    t = config.trainer
-    for key in ("max_iter", "logging_iter", "validation_iter", "grad_accum_iter", "max_val_iter"):
-        need(isinstance(t[key], int) and t[key] >= 1, f"trainer.{key}", f"must be an integer >= 1, got {t[key]!r}")
-    need(t.seed >= 0, "trainer.seed", f"must be >= 0, got {t.seed}")
-
-    m = config.model
-    need(m.state_t >= 2, "model.state_t", f"must be >= 2, got {m.state_t}")
-    need(
-        1 <= m.num_conditional_frames < m.state_t,
-        "model.num_conditional_frames",
-        f"must be in [1, state_t={m.state_t}), got {m.num_conditional_frames}",
-    )
-    need(m.precision in DTYPES, "model.precision", f"must be one of {DTYPES}, got {m.precision!r}")
-    need(m.scaling in ("rectified_flow", "edm"), "model.scaling", f"must be rectified_flow or edm, got {m.scaling!r}")
-    need(m.sigma_data > 0, "model.sigma_data", f"must be > 0, got {m.sigma_data}")
-    need(m.loss_scale > 0, "model.loss_scale", f"must be > 0, got {m.loss_scale}")
-    layout = {k: v for k, v in m.latent_layout.items() if v != -1}
-    for slot, idx in layout.items():
-        need(
-            isinstance(idx, int) and 1 <= idx < m.state_t,
-            f"model.latent_layout.{slot}",
-            f"must be -1 or a latent frame index in [1, state_t={m.state_t}), got {idx!r}",
-        )
-    dup = sorted({i for i in layout.values() if list(layout.values()).count(i) > 1})
-    need(not dup, "model.latent_layout", f"two slots share latent frame(s) {dup}")
-    for slot in ("action", "current_proprio"):
-        need(layout.get(slot, -1) != -1, f"model.latent_layout.{slot}", "is required")
-
-    n = m.net
-    need(n.dtype in DTYPES, "model.net.dtype", f"must be one of {DTYPES}, got {n.dtype!r}")
-    need(
-        n.param_dtype == "float32", "model.net.param_dtype", f"must be float32 (master weights), got {n.param_dtype!r}"
-    )
-    need(
-        n.attention_impl in ATTENTION_IMPLS,
-        "model.net.attention_impl",
-        f"must be one of {ATTENTION_IMPLS}, got {n.attention_impl!r}",
-    )
-    need(
-        n.remat_policy in REMAT_POLICIES,
-        "model.net.remat_policy",
-        f"must be one of {REMAT_POLICIES}, got {n.remat_policy!r}",
-    )
-    for key in ("model_channels", "num_blocks", "num_heads", "adaln_lora_dim", "crossattn_emb_channels"):
-        need(n[key] >= 1, f"model.net.{key}", f"must be >= 1, got {n[key]}")
-    if n.num_heads >= 1:
-        need(
-            n.model_channels % n.num_heads == 0,
-            "model.net.num_heads",
-            f"must divide model_channels={n.model_channels}, got {n.num_heads}",
-        )
-        head_dim = n.model_channels // max(n.num_heads, 1)
-        need(head_dim % 2 == 0 and head_dim >= 8, "model.net.num_heads", f"head dim {head_dim} must be even and >= 8")
-    need(n.in_channels == m.state_ch, "model.net.in_channels", f"must equal model.state_ch={m.state_ch}")
-    tok = m.tokenizer
-    need(tok.dtype in DTYPES, "model.tokenizer.dtype", f"must be one of {DTYPES}, got {tok.dtype!r}")
-    need(tok.z_dim == m.state_ch, "model.tokenizer.z_dim", f"must equal model.state_ch={m.state_ch}")
-    conv_impls = ("auto", "conv3d", "taps")
-    need(
-        tok.conv_impl in conv_impls, "model.tokenizer.conv_impl", f"must be one of {conv_impls}, got {tok.conv_impl!r}"
-    )
-    need(int(tok.batch_steps) >= 1, "model.tokenizer.batch_steps", f"must be >= 1, got {tok.batch_steps}")
-    need(
-        len(tok.temperal_downsample) == len(tok.dim_mult) - 1,
-        "model.tokenizer.temperal_downsample",
-        "needs one entry per down-sampling level (len(dim_mult) - 1)",
-    )
-    sde = m.sde
-    need(0.0 <= sde.lognormal_prob <= 1.0, "model.sde.lognormal_prob", f"must be in [0, 1], got {sde.lognormal_prob}")
-    need(sde.uniform_lower < sde.uniform_upper, "model.sde.uniform_lower", "must be < uniform_upper")
-    need(sde.p_std > 0, "model.sde.p_std", f"must be > 0, got {sde.p_std}")
-    s = m.sampler
-    need(s.num_steps >= 1, "model.sampler.num_steps", f"must be >= 1, got {s.num_steps}")
-    need(0 < s.sigma_min < s.sigma_max, "model.sampler.sigma_min", "must satisfy 0 < sigma_min < sigma_max")
-    need(s.solver in ("2ab", "1euler"), "model.sampler.solver", f"must be 2ab or 1euler, got {s.solver!r}")
-
-    o = config.optimizer
-    need(o.name == "adamw", "optimizer.name", f"only adamw is supported, got {o.name!r}")
-    need(o.lr >= 0, "optimizer.lr", f"must be >= 0, got {o.lr}")
-    need(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optimizer.b1", "betas must be in [0, 1)")
-    need(o.eps > 0, "optimizer.eps", f"must be > 0, got {o.eps}")
-    need(o.clip_norm > 0, "optimizer.clip_norm", f"must be > 0, got {o.clip_norm}")
-    sc = config.scheduler
-    need(sc.name == "lambdalinear", "scheduler.name", f"only lambdalinear is supported, got {sc.name!r}")
-    lengths = {len(sc[k]) for k in ("cycle_lengths", "warm_up_steps", "f_start", "f_max", "f_min")}
-    need(len(lengths) == 1, "scheduler", "cycle_lengths, warm_up_steps, f_start, f_max, f_min need equal lengths")
-    for i, (c, w) in enumerate(zip(sc.cycle_lengths, sc.warm_up_steps)):
-        need(
-            (c > 0 and 0 <= w < c) or (w == 0 and c > 0),
-            f"scheduler.warm_up_steps[{i}]",
-            "must be in [0, cycle_length)",
-        )
-
-    for section in ("dataloader_train", "dataloader_val"):
-        dl = config[section]
-        need(dl.batch_size >= 1, f"{section}.batch_size", f"must be >= 1, got {dl.batch_size}")
-        gbs = dl.global_batch_size
-        need(gbs is None or gbs >= 1, f"{section}.global_batch_size", f"must be >= 1, got {gbs}")
-        need(dl.num_workers >= 0, f"{section}.num_workers", f"must be >= 0, got {dl.num_workers}")
-        need(dl.timeout > 0, f"{section}.timeout", f"must be > 0 seconds, got {dl.timeout}")
-        ds = dl.dataset
-        need(ds.kind in DATASET_KINDS, f"{section}.dataset.kind", f"must be one of {DATASET_KINDS}, got {ds.kind!r}")
-        need(ds.chunk_size >= 1, f"{section}.dataset.chunk_size", f"must be >= 1, got {ds.chunk_size}")
-        need(
-            ds.final_image_size >= 16 and ds.final_image_size % 16 == 0,
-            f"{section}.dataset.final_image_size",
-            f"must be a positive multiple of 16 (VAE x8, patch x2), got {ds.final_image_size}",
-        )
-        for key in ("demonstration_sampling_prob", "success_rollout_sampling_prob"):
-            need(0.0 <= ds[key] <= 1.0, f"{section}.dataset.{key}", f"must be in [0, 1], got {ds[key]}")
-        need(0.0 < ds.gamma <= 1.0, f"{section}.dataset.gamma", f"must be in (0, 1], got {ds.gamma}")
-        need(
-            ds.text_dim == n.crossattn_emb_channels,
-            f"{section}.dataset.text_dim",
-            f"must equal model.net.crossattn_emb_channels={n.crossattn_emb_channels}",
-        )
-        if mesh_shape is not None:
-            dp = mesh_shape["data"] * mesh_shape["fsdp"]
-            if gbs is not None:
-                need(
-                    gbs % dp == 0,
-                    f"{section}.global_batch_size",
-                    f"{gbs} is not divisible by the data-parallel size {dp} (data x fsdp)",
-                )
-        if check_paths and (section == "dataloader_train" or config.trainer.run_validation):
-            for key in _dataset_needs(ds):
-                field = f"{section}.dataset.{key}"
-                if field in unresolved:
-                    p.append(f"{field}: environment variable(s) {', '.join(unresolved[field])} not set ({ds[key]})")
-                elif not ds[key]:
-                    p.append(f"{field}: required for dataset kind {ds.kind!r}")
-                elif not os.path.exists(ds[key]):
-                    p.append(f"{field}: path does not exist: {ds[key]}")
-
-    ck = config.checkpoint
-    need(ck.save_iter >= 1, "checkpoint.save_iter", f"must be >= 1, got {ck.save_iter}")
-    need(ck.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {ck.keep_last}")
-    if check_paths:
-        for key in ("load_path", "resume_from_checkpoint"):
-            field = f"checkpoint.{key}"
-            if not ck[key]:
-                continue
-            if field in unresolved:
-                p.append(
-                    f"{field}: environment variable(s) {', '.join(unresolved[field])} not set ({ck[key]}); "
-                    f"set it or pass --config.{field}=''"
-                )
-            elif not os.path.exists(ck[key]):
-                p.append(f"{field}: path does not exist: {ck[key]}")
-        if tok.load_path:
-            if "model.tokenizer.load_path" in unresolved:
-                p.append(f"model.tokenizer.load_path: environment variable(s) not set ({tok.load_path})")
-            elif not os.path.exists(tok.load_path):
-                p.append(f"model.tokenizer.load_path: path does not exist: {tok.load_path}")
-
-    par = config.parallel
-    for key in ("data", "fsdp", "tensor"):
-        need(par[key] == -1 or par[key] >= 1, f"parallel.{key}", f"must be >= 1 or -1 (fill), got {par[key]}")
-    need([par.data, par.fsdp, par.tensor].count(-1) <= 1, "parallel", "at most one of data/fsdp/tensor may be -1")
-    try:
-        from cosmos_policy_jax.parallel.rules import check_rules, normalize_rules
-
-        check_rules(normalize_rules(par.logical_axis_rules))
-    except ValueError as e:
-        p.append(str(e))
-    if num_devices is not None:
-        from cosmos_policy_jax.parallel.mesh import resolve_axis_sizes
-
-        try:
-            resolve_axis_sizes((par.data, par.fsdp, par.tensor), num_devices)
-        except ValueError as e:
-            p.append(str(e))
-    if mesh_shape is not None:
-        tp = mesh_shape["tensor"]
-        need(n.num_heads % tp == 0, "parallel.tensor", f"{tp} must divide model.net.num_heads={n.num_heads}")
-        hidden = int(n.model_channels * n.mlp_ratio)
-        need(hidden % tp == 0, "parallel.tensor", f"{tp} must divide the MLP width {hidden}")
+    p = _check_values(config)
+    if not p:  # the section checks compare numbers: only when they are all sane
+        p += _check_job_trainer(config)
+        p += _check_model(config)
+        p += _check_optimizer(config)
+        p += _check_data(config, mesh_shape)
+        p += _check_parallel(config, num_devices, mesh_shape)
+    p += _check_paths(config, unresolved or {}, check_paths)
     if p:
         raise ConfigError(p)
 
@@ -347,6 +413,31 @@ def atomic_write_text(path: str, text: str) -> None:
 def save_yaml(config, path: str) -> str:
     atomic_write_text(path, to_yaml(config))
     return path
+
+
+# The directory holding ``cosmos_policy_jax/`` and ``configs/`` (a checkout, or site-packages when installed).
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def locate_config_flag(argv: list[str]) -> list[str]:
+    """``argv`` with the ``--config`` file found: as given, else under the package's parent (so
+    ``configs/cosmos_policy.py`` works from any directory). A file found nowhere raises ``ConfigError``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            at, value = i, arg[len("--config=") :]
+        elif arg == "--config" and i + 1 < len(out):
+            at, value = i + 1, out[i + 1]
+        else:
+            continue
+        path, sep, rest = value.partition(":")
+        if not os.path.isfile(path):
+            alt = os.path.join(_PACKAGE_PARENT, path)
+            if os.path.isabs(path) or not os.path.isfile(alt):
+                raise ConfigError([f"--config: config file not found: {path}"])
+            path = alt
+        out[at] = ("--config=" if at == i else "") + path + sep + rest
+    return out
 
 
 def config_overrides(argv: Iterable[str]) -> list[str]:

@@ -3,8 +3,10 @@ r"""Train Cosmos Policy.
     python -m cosmos_policy_jax.train --config=configs/cosmos_policy.py:libero \
         --config.trainer.max_iter=10000 [--dryrun]
 
-Launch order (as the reference's): parse flags and config -> (dry run: print, write config.yaml,
-exit) -> distributed init -> mesh -> validate -> freeze -> job directory files -> trainer -> train.
+Launch order: parse flags and config -> (dry run: print, write config.yaml, exit) -> validate the
+config and its input files, compare with the job's saved config.yaml (no backend yet: a missing
+weight file fails in seconds) -> distributed init -> mesh -> device checks -> freeze -> trainer
+(job directory files once the inputs have loaded) -> train.
 """
 
 from __future__ import annotations
@@ -64,14 +66,38 @@ def _enable_compilation_cache(jax) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
+def _check_restart(config, *, dryrun: bool = False) -> None:
+    """A job restarted with another config: print what changed; stop on shape/data changes of a job that
+    has checkpoints, unless trainer.allow_config_drift (its checkpoints would not fit, or mix data)."""
+    from cosmos_policy_jax import config_drift
+
+    job = config.job.path_local
+    saved = config_drift.read_yaml(os.path.join(job, "config.yaml"))
+    changes = config_drift.diff(saved, config) if saved is not None else []
+    if not changes:
+        return
+    print(f"[cosmos_policy_jax] config differs from {job}/config.yaml: {config_drift.describe(changes)}", flush=True)
+    blocking = config_drift.shape_or_data_changes(changes)
+    ckpts = os.path.join(job, "checkpoints")
+    started = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+    if blocking and started and not dryrun and not config.trainer.allow_config_drift:
+        _fail(
+            f"job {job} has checkpoints made with other shapes or data ({config_drift.describe(blocking)}); "
+            "use another job.path_local, or pass --config.trainer.allow_config_drift=True"
+        )
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.trainer.max_iter=10")
-    if _CONFIG.value is None:
+    try:
+        config: config_dict.ConfigDict = _CONFIG.value
+    except OSError as e:  # the file exists (checked while parsing) but does not load
+        _fail(f"cannot load --config: {_describe(e.__cause__ or e)}")
+    if config is None:
         _fail("--config is required, e.g. --config=configs/cosmos_policy.py:demo")
     from cosmos_policy_jax import config_lib
 
-    config: config_dict.ConfigDict = _CONFIG.value
     overrides = config_lib.config_overrides(sys.argv[1:])
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     unresolved = config_lib.resolve(config)
@@ -79,7 +105,8 @@ def main(argv: list[str]) -> int:
     if _DRYRUN.value:
         # No device backend, no dataset: static checks only, then print and write config.yaml.
         try:
-            config_lib.validate(config, check_paths=False)
+            config_lib.validate(config, check_paths=False, unresolved=unresolved)
+            _check_restart(config, dryrun=True)
         except config_lib.ConfigError as e:
             _fail(f"invalid config: {_describe(e)}")
         print(config_lib.to_yaml(config))
@@ -92,6 +119,13 @@ def main(argv: list[str]) -> int:
     # warnings unless the user asks for more (--verbosity=0 or -v 0 restores INFO).
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+    # Input files and static checks before any backend or model: a missing weight file fails in seconds.
+    try:
+        config_lib.validate(config, unresolved=unresolved)
+        _check_restart(config)
+    except config_lib.ConfigError as e:
+        _fail(f"invalid config: {_describe(e)}")
 
     from cosmos_policy_jax.parallel import distributed
 
@@ -120,7 +154,7 @@ def main(argv: list[str]) -> int:
     try:
         config_lib.validate(config, num_devices=jax.device_count(), unresolved=unresolved, check_paths=False)
         mesh = make_mesh(config.parallel)
-        config_lib.validate(config, mesh_shape=dict(mesh.shape), unresolved=unresolved)
+        config_lib.validate(config, mesh_shape=dict(mesh.shape), unresolved=unresolved, check_paths=False)
     except (config_lib.ConfigError, ValueError) as e:
         _fail(f"invalid config: {_describe(e)}")
 
@@ -169,9 +203,20 @@ def _clean_flag_error(e: Exception, argv: list[str]) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with config-override errors (typos, wrong types) as one clean line."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_locate_config(argv))
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         print(f"error: bad command line: {_clean_flag_error(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _locate_config(argv: list[str]) -> list[str]:
+    """``--config`` found from any directory; a missing file is one line, exit 2."""
+    from cosmos_policy_jax import config_lib
+
+    try:
+        return config_lib.locate_config_flag(argv)
+    except config_lib.ConfigError as e:
+        print(f"error: {_describe(e)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -923,11 +923,13 @@ class AlohaSource(EpisodeSource):
         "wrist2": ("wrist_right_images_jpeg",),
     }
 
-    def __init__(self, *args: Any, split: str | None = "train", **kwargs: Any):
+    def __init__(self, *args: Any, split: str | None = "train", use_jpeg_for_rollouts: bool = False, **kwargs: Any):
         # The reference's ALOHA dataset always uses all three cameras.
         kwargs["use_wrist_images"] = True
         kwargs["use_third_person_images"] = True
         self.split = split
+        # As the reference: JPEG rollout datasets are read only when asked for (else the raw frames).
+        self.use_jpeg_for_rollouts = bool(use_jpeg_for_rollouts)
         super().__init__(*args, **kwargs)
 
     @classmethod
@@ -936,6 +938,8 @@ class AlohaSource(EpisodeSource):
         split = _cfg_get(dataset_cfg, "split")
         if split is not None:
             overrides.setdefault("split", split or None)
+        if _cfg_get(dataset_cfg, "use_jpeg_for_rollouts") is not None:
+            overrides.setdefault("use_jpeg_for_rollouts", bool(_cfg_get(dataset_cfg, "use_jpeg_for_rollouts")))
         return super().from_config(dataset_cfg, seed=seed, **overrides)
 
     def _demo_files(self) -> list[str]:
@@ -957,13 +961,15 @@ class AlohaSource(EpisodeSource):
             cameras, num_steps = self._raw_episode(f, path, "demo")
             actions = _read_numbers(f, "action", path)
             proprio = _read_numbers(f, "observations/qpos", path)
-            command = aloha_instruction(path, f.attrs)
+            command = aloha_instruction(path)  # the reference: always the task folder's name
             return [self._finish_episode(path, "demo", f, cameras, num_steps, actions, proprio, command)]
 
     def _read_rollout_file(self, path: str) -> Episode | None:
         with _open_h5(path) as f:
             jpeg = {role: next((k for k in keys if k in f), None) for role, keys in self.JPEG_CAMERAS.items()}
-            if jpeg["primary"] is not None:
+            if jpeg["primary"] is not None and not self.use_jpeg_for_rollouts and self.RAW_CAMERAS["primary"] not in f:
+                raise DataError(f"{path}: JPEG-only rollout; set dataset.use_jpeg_for_rollouts=True to read it")
+            if jpeg["primary"] is not None and self.use_jpeg_for_rollouts:
                 missing = [role for role, key in jpeg.items() if key is None]
                 if missing:
                     names = " / ".join(self.JPEG_CAMERAS[missing[0]])

@@ -294,35 +294,12 @@ def load_checkpoint_assets(path: str) -> CheckpointAssets:
 
 # The settings a served/evaluated policy must share with the checkpoint (a mismatch gives wrong actions
 # or a shape error deep inside the model).
-AGREEING_KEYS = (
-    "dataloader_train.dataset.action_dim",
-    "dataloader_train.dataset.proprio_dim",
-    "dataloader_train.dataset.chunk_size",
-    "dataloader_train.dataset.final_image_size",
-    "dataloader_train.dataset.text_len",
-    "dataloader_train.dataset.text_dim",
-    "model.latent_layout",
-    "model.state_t",
-    "model.num_conditional_frames",
-)
-
-
-def _get(tree: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if tree is None:
-            return None
-        tree = tree.get(part) if hasattr(tree, "get") else getattr(tree, part, None)
-    return dict(tree) if hasattr(tree, "items") else tree
-
-
 def check_config_agrees(saved: dict, config: Any, where: str) -> None:
-    """One-line ``EvalInputError`` naming every key of ``AGREEING_KEYS`` where ``config`` differs from the
-    config saved with the checkpoint. (A minimal stand-in for the general config comparison of the
-    config-drift work.)"""
-    differ = []
-    for key in AGREEING_KEYS:
-        a, b = _get(saved, key), _get(config, key)
-        if a is not None and b is not None and a != b:
-            differ.append(f"{key}: checkpoint {a} vs config {b}")
+    """One-line ``EvalInputError`` naming every key where ``config`` differs from the config saved with
+    the checkpoint, among those a trained network's inputs and outputs depend on
+    (``config_drift.INFERENCE_KEYS``: action/proprio dims, chunk, image size, text shape, layout, sizes)."""
+    from cosmos_policy_jax.config_drift import inference_mismatches
+
+    differ = [f"{key}: checkpoint {a} vs config {b}" for key, a, b in inference_mismatches(saved, config)]
     if differ:
         raise EvalInputError(f"{where}: the config disagrees with the checkpoint's ({'; '.join(differ)})")

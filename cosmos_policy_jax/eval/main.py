@@ -206,6 +206,13 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
     from cosmos_policy_jax.eval import media, rollout
 
     config_lib.resolve(config)
+    if opts.policy == "model":  # before anything is loaded: the VAE file, a checkpoint of other sizes/layout
+        from cosmos_policy_jax.config_drift import check_checkpoint_matches
+
+        vae = config.model.tokenizer.load_path
+        if vae and not os.path.exists(vae):
+            raise EvalInputError(f"model.tokenizer.load_path: not found: {vae}{config_lib.download_hint(vae)}")
+        check_checkpoint_matches(opts.checkpoint, config)
     ds = _dataset_cfg(config)
     kind = ds.kind
     if kind not in ("demo", "libero"):
@@ -397,6 +404,10 @@ def main(argv: list[str]) -> int:
     if f.config is None:
         print("error: --config is required, e.g. --config=configs/cosmos_policy.py:demo", file=sys.stderr)
         return 2
+    if not f["verbosity"].present:  # orbax/jax INFO lines would bury the episode lines
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
     if f.compilation_cache:
         import jax
 
@@ -441,8 +452,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl parsing with bad flags or config overrides reported as one line (exit 2)."""
     from absl import flags
 
+    from cosmos_policy_jax import config_lib
+
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(config_lib.locate_config_flag(argv))
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         print(f"error: bad command line: {first}", file=sys.stderr, flush=True)
@@ -456,4 +469,9 @@ def run() -> None:
 
     xla_env.configure_process()  # before any backend starts, as in train
     _define_flags()
+    # --help lists the flags of the main module (``eval/__main__.py``): list ours there.
+    from absl import flags
+
+    for flag in flags.FLAGS.flags_by_module_dict().get(__name__, []):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)

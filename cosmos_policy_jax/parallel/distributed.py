@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax
 from absl import logging
 
-# Environment variables under which a cluster manager announces a multi-process job. When one is
-# set and no explicit coordinator is given, jax's own cluster auto-detection is used.
-_CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JOBSET_NAME", "TPU_WORKER_HOSTNAMES")
+# Environment variables under which a cluster manager announces a multi-process job: all of a
+# group must be set. When one group is and no explicit coordinator is given, jax's own cluster
+# auto-detection is used; COSMOS_POLICY_NO_AUTODETECT=1 turns it off. SLURM counts only inside a
+# launched step (srun sets SLURM_STEP_ID and SLURM_PROCID): a plain salloc/sbatch shell has only
+# SLURM_JOB_ID and is a single process.
+CLUSTER_ENV = {
+    "SLURM": ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"),
+    "Open MPI": ("OMPI_COMM_WORLD_SIZE",),
+    "Kubernetes JobSet": ("JOBSET_NAME",),
+    "Cloud TPU": ("TPU_WORKER_HOSTNAMES",),
+}
+NO_AUTODETECT_ENV = "COSMOS_POLICY_NO_AUTODETECT"
 
 # Timeouts (seconds) of jax.distributed, overridable from the environment. A process whose peer died
 # (no heartbeat for HEARTBEAT seconds) is stopped by the coordination service instead of waiting forever
@@ -77,6 +87,13 @@ def _port_in_use(address: str) -> bool:
     return False
 
 
+def detected_cluster(env: Mapping[str, str]) -> str | None:
+    """The cluster manager whose multi-process launch ``env`` shows, or None (also when opted out)."""
+    if env.get(NO_AUTODETECT_ENV) == "1":
+        return None
+    return next((name for name, keys in CLUSTER_ENV.items() if all(k in env for k in keys)), None)
+
+
 def initialize(args: DistributedArgs) -> bool:
     """Start the multi-process runtime if the job is multi-process; return whether it did.
 
@@ -112,8 +129,9 @@ def initialize(args: DistributedArgs) -> bool:
             shutdown_timeout_seconds=args.shutdown_timeout_seconds,
         )
         return True
-    if any(k in os.environ for k in _CLUSTER_ENV) and os.environ.get("COSMOS_POLICY_NO_AUTODETECT") != "1":
-        logging.info("cluster environment detected; jax.distributed.initialize() with auto-detection")
+    cluster = detected_cluster(os.environ)
+    if cluster is not None:
+        logging.info("%s environment detected; jax.distributed.initialize() with auto-detection", cluster)
         jax.distributed.initialize(
             local_device_ids=list(args.local_device_ids) if args.local_device_ids else None,
             initialization_timeout=args.initialization_timeout,

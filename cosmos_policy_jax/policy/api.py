@@ -165,7 +165,7 @@ class CosmosPolicy:
         spec["seed"] = {"shape": [], "dtype": "int", "optional": True, "default": self.seed}
         return {
             "policy": "cosmos_policy_jax",
-            "layout": str(self.config.model.get("layout_name", "")),
+            "layout": _layout_name(self.config.model.latent_layout),
             "latent_layout": {s: lay.index(s) for s in SLOTS if lay.index(s) >= 0},
             "image_size": self.image_size,
             "cameras": self.cameras,
@@ -372,6 +372,14 @@ def compiled_memory(fn: Any, net_state: Any, vae_state: Any, inputs: tuple[Any, 
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
+
+
+def _layout_name(latent_layout: Any) -> str:
+    """The reference layout (libero / robocasa / aloha) that ``latent_layout`` is, else "custom"."""
+    from cosmos_policy_jax.layouts import LAYOUTS, full_layout
+
+    given = {k: int(v) for k, v in dict(latent_layout).items()}
+    return next((name for name in LAYOUTS if full_layout(name) == given), "custom")
 
 
 def _config_from(saved: dict | None, given: Any, path: str) -> Any:

@@ -75,6 +75,7 @@ class MetricsLogger(Callback):
                     name=self._config.job.name,
                     dir=self.dir,
                     config=to_plain_dict(self._config),
+                    id=wandb_run_id(self.dir),  # the same W&B run across restarts
                     resume="allow",
                 )
             except Exception as e:  # W&B is optional: a missing login must not stop training
@@ -248,3 +249,21 @@ def _fmt_time(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def wandb_run_id(job_dir: str) -> str:
+    """The job's W&B run id, kept in ``{job_dir}/wandb_run_id`` (created on first use)."""
+    path = os.path.join(job_dir, "wandb_run_id")
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = f.read().strip()
+        if saved:
+            return saved
+    import uuid
+
+    run_id = uuid.uuid4().hex[:16]
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id

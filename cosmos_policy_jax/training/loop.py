@@ -40,6 +40,7 @@ from cosmos_policy_jax.training.optimizer import make_optimizer
 from cosmos_policy_jax.training.state import (
     TrainState,
     abstract_train_state,
+    announce,
     create_dit_rest,
     create_train_state,
     create_vae_params,
@@ -86,6 +87,9 @@ class Preemption:
         del frame
         logging.warning("received signal %d: will checkpoint after the current step and exit", signum)
         self.requested = True
+        if signum == signal.SIGINT:  # a second Ctrl-C kills at once, even inside a stuck step
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            print("[cosmos_policy_jax] interrupted: saving after this step (Ctrl-C again aborts)", flush=True)
 
     def uninstall(self) -> None:
         for sig, old in self._old.items():
@@ -167,7 +171,7 @@ class Trainer:
         """Weights from ``checkpoint.load_path`` (.pt / .safetensors / orbax), or None for random init."""
         path = self.config.checkpoint.load_path
         if not path:
-            logging.info("checkpoint.load_path is empty: the DiT starts from random initialisation")
+            announce("DiT: random initialisation (checkpoint.load_path is empty)")
             return None
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint.load_path does not exist: {path}")
@@ -197,9 +201,7 @@ class Trainer:
             raise WeightImportError(
                 f"checkpoint.load_path {path}: non-finite values (NaN/inf) in {len(bad)} array(s): {', '.join(bad[:4])}"
             )
-        logging.warning("%s", msg)
-        if self.is_main:
-            print(f"[cosmos_policy_jax] {msg}", flush=True)
+        announce(msg)
         return params
 
     def _restore(self, defs, tx, ck: ckpt_lib.Checkpointer):
@@ -221,9 +223,7 @@ class Trainer:
             return step, state, data
         got = ck.restore_latest(abstract)
         if got is not None:
-            logging.warning("resuming from %s", ck.step_dir(got[0]))
-            if self.is_main:
-                print(f"[cosmos_policy_jax] resuming from {ck.step_dir(got[0])}", flush=True)
+            announce(f"resuming from {ck.step_dir(got[0])}")
             return got
         params = self._load_initial_params(defs)
         return 0, create_train_state(self.config, defs, tx, self.mesh, params=params), None

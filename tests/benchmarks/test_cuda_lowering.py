@@ -17,9 +17,7 @@ from cosmos_policy_jax.parallel.mesh import make_mesh
 
 
 def _libero_2b(batch_per_device: int, mesh_sizes: tuple[int, int, int]):
-    c = get_config("libero,synthetic")
-    c.checkpoint.load_path = ""
-    c.model.tokenizer.load_path = ""
+    c = get_config("libero,synthetic,random_weights")
     c.model.net.attention_impl = "xla"
     c.dataloader_train.batch_size = batch_per_device
     c.dataloader_train.global_batch_size = None

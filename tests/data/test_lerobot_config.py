@@ -24,7 +24,7 @@ def test_default_camera_mapping_matches_the_model_layout(arg):
     config = cosmos_policy.get_config(arg)
     cams = config.dataloader_train.dataset.lerobot.cameras.to_dict()
     name = layout_for_cameras(cams)
-    assert name == config.model.layout_name
+    assert name == {"lerobot": "libero", "lerobot_aloha": "aloha", "lerobot_robocasa": "robocasa"}[arg]
     assert dict(config.model.latent_layout) == full_layout(name)
 
 

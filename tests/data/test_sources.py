@@ -398,8 +398,9 @@ def test_aloha_layout_split_and_demos_as_rollouts(tmp_path):
     write_t5(t5, ["fold shirt", "put candy in bag"])
     common = dict(chunk_size=4, final_image_size=12, use_image_aug=False, gamma=0.998, action_dim=14, proprio_dim=14)
     src = AlohaSource(
-        str(root), str(roll), t5, treat_demos_as_success_rollouts=True, demonstration_sampling_prob=0.1, **common
-    )
+        str(root), str(roll), t5, treat_demos_as_success_rollouts=True, demonstration_sampling_prob=0.1,
+        use_jpeg_for_rollouts=True, **common,
+    )  # fmt: skip
     assert [os.path.basename(os.path.dirname(os.path.dirname(e.path))) for e in src.demos] == [
         "candy_in_bag_x",
         "fold_shirt_day1",
@@ -467,3 +468,23 @@ def test_throughput_224_with_augmentation(tmp_path):
     assert s["video"].shape == (3, 33, 224, 224)
     print(f"\nLIBERO 224px + aug, 1 process: {n / wall:.1f} samples/s wall, {n / cpu:.1f} samples/s per CPU second")
     assert n / wall > 1.0
+
+
+def test_aloha_instruction_from_folder_and_jpeg_rollouts_only_when_asked(tmp_path):
+    # The reference derives demo instructions from the task folder (a stale attribute is ignored) and
+    # reads JPEG rollouts only with use_jpeg_for_rollouts.
+    rng = np.random.default_rng(2)
+    root = tmp_path / "aloha"
+    write_aloha_episode(
+        str(root / "fold_shirt_day1" / "train" / "episode_0.hdf5"), 8, 12, rng, attrs={"task_description": "other"}
+    )
+    roll = tmp_path / "rollouts"
+    os.makedirs(roll)
+    write_aloha_jpeg_rollout(str(roll / "r0.hdf5"), 9, 12, rng, success=False, score=0.25)
+    t5 = str(tmp_path / "t5.pkl")
+    write_t5(t5, ["fold shirt"])
+    common = dict(chunk_size=4, final_image_size=12, use_image_aug=False, gamma=0.998, action_dim=14, proprio_dim=14)
+    with pytest.raises(DataError, match="use_jpeg_for_rollouts"):
+        AlohaSource(str(root), str(roll), t5, demonstration_sampling_prob=0.1, **common)
+    src = AlohaSource(str(root), str(roll), t5, demonstration_sampling_prob=0.1, use_jpeg_for_rollouts=True, **common)
+    assert [e.command for e in src.demos] == ["fold shirt"] and len(src.rollouts) == 1

@@ -195,7 +195,7 @@ CASES = [
     ),
     Case(
         "resuming a job whose checkpoints are of another model size (nothing moved aside)",
-        lambda c: ["--config.model.net.model_channels=64"],
+        lambda c: ["--config.model.net.model_channels=64", "--config.trainer.allow_config_drift=True"],
         lambda c: ("CheckpointMismatchError", f"{c.job}/checkpoints/8", "array(s) differ", "vs model"),
         checkpoints=True,
     ),
@@ -227,6 +227,12 @@ CASES = [
         lambda c: [f"--config.checkpoint.load_path={c.tmp}/nan_weights.safetensors"],
         lambda c: ("WeightImportError", f"{c.tmp}/nan_weights.safetensors", "non-finite values (NaN/inf) in 1 array"),
         prepare=_nan_weights,
+    ),
+    Case(
+        "restarting a job with a shape-changing key (stopped before any model is built)",
+        lambda c: ["--config.model.net.model_channels=64"],
+        lambda c: ("model.net.model_channels: 128 -> 64", "allow_config_drift"),
+        checkpoints=True,
     ),
     Case(
         "coordinator port already in use",
