@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,32 @@ class PlanningPolicy:
             self.models, self.cfg, pcfg, batch.images, proprio, batch.embedding,
             return_future_images=return_future_images,
         )  # fmt: skip
+
+    def run(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        """The server's call (``policy.api.CosmosPolicy.run``'s interface): prepared rows -> result dicts.
+
+        One planning call per row: a row's N queries, ensembles and depths are one batched call, and
+        rows of other requests carry other base seeds (query q of a row uses its seed + q)."""
+        out = []
+        for r in rows:
+            batch = PolicyInput(
+                images={k: v[None] for k, v in r.images.items()},
+                proprio=np.asarray(r.proprio)[None],
+                embedding=np.asarray(r.embedding)[None],
+            )
+            want_images = bool(r.options.get("return_future_images"))
+            res = self.plan(batch, r.seed, return_future_images=want_images)
+            result = {
+                "actions": unnormalize(res.actions_normalized, self.stats)[0].astype(np.float32),
+                "value": np.asarray(res.value[0]),
+                "selected_query": int(res.selected_query[0]),
+                "all_actions": unnormalize(res.all_actions_normalized, self.stats)[0].astype(np.float32),
+                "all_values": np.asarray(res.all_values[0]),
+            }
+            if want_images and res.future_images is not None:
+                result["future_images"] = {k: np.asarray(v[0]) for k, v in res.future_images.items()}
+            out.append(result)
+        return out
 
     def __call__(self, batch: PolicyInput, *, seed: int) -> PolicyOutput:
         res = self.plan(batch, seed)

@@ -44,11 +44,16 @@ def _decode(body: bytes) -> tuple[dict, bool]:
 
 def _response(result: dict[str, Any]) -> dict[str, Any]:
     actions = np.asarray(result["actions"])
-    return {
+    out = {
         "actions": [row for row in actions],
         "value_prediction": float(result["value"]) if "value" in result else None,
         "future_image_predictions": result.get("future_images"),
     }
+    if "all_actions" in result:  # a planning server: every query's chunk and value, as the reference's
+        out["all_actions"] = [np.asarray(a) for a in result["all_actions"]]
+        out["all_value_predictions"] = [float(v) for v in np.ravel(result["all_values"])]
+        out["selected_query"] = int(result["selected_query"])
+    return out
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -44,6 +44,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_steps", None, "Denoising steps (default: config.model.sampler.num_steps)")
     flags.DEFINE_integer("seed", 0, "Default sampling seed of requests that send none")
     flags.DEFINE_enum("use_ema", "auto", ["auto", "true", "false"], "Use EMA parameters (auto: when present)")
+    from cosmos_policy_jax.planning import flags as planning_flags
+
+    planning_flags.define_flags()  # best-of-N planning, the reference's flag names (docs/planning.md)
 
 
 def build_service(opts: Any, config: Any, log=print) -> PolicyService:
@@ -59,9 +62,32 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         seed=opts.seed,
         batch_size=opts.max_batch,
     )
+    run = None
+    planning = _planning_config(opts, policy.num_steps)
+    if planning is not None:
+        from cosmos_policy_jax.planning.policy import planning_policy_from_model
+
+        model = (policy.net_def, policy.net_state, policy.vae_def, policy.vae_state)
+        use_ema = None if opts.use_ema == "auto" else opts.use_ema == "true"
+        planner, _ = planning_policy_from_model(
+            policy.config, model, {}, policy.stats, planning, opts.planning_checkpoint, use_ema
+        )
+        run = planner.run
+        log(f"[serve] planning: {planning}")
     return PolicyService(
-        policy, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1e3, log_every=opts.log_every, log=log
-    )
+        policy, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1e3, log_every=opts.log_every, log=log,
+        run=run,
+    )  # fmt: skip
+
+
+def _planning_config(opts: Any, action_steps: int) -> Any:
+    """The planning settings of the flags, or None for the plain policy query (no planning flag given)."""
+    from cosmos_policy_jax.planning import flags as planning_flags
+
+    if not hasattr(opts, "num_queries_best_of_n"):  # options built without the planning flags
+        return None
+    cfg = planning_flags.config_from_flags(opts, action_steps)
+    return None if cfg.plain and not opts.planning_checkpoint else cfg
 
 
 def make_server(service: PolicyService, opts: Any, api_key: str | None):
@@ -88,7 +114,7 @@ def serve(opts: Any, config: Any, log=print) -> int:
     key = _check(opts)
     service = build_service(opts, config, log)
     log("[serve] compiling the policy for the first request ...")
-    service.policy.run([service.policy.prepare(_example(service.policy))])  # compile before accepting clients
+    service.batcher_run([service.policy.prepare(_example(service.policy))])  # compile before accepting clients
     try:
         server = make_server(service, opts, key)
     except OSError as e:

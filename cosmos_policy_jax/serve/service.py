@@ -36,10 +36,14 @@ def check_api_key(header: str | None, key: str | None) -> bool:
 class PolicyService:
     """A policy behind a batcher: ``infer(observation dict) -> result dict`` or ``RequestError``."""
 
-    def __init__(self, policy: CosmosPolicy, *, max_batch: int, window_s: float, log_every: int, log=print):
+    def __init__(
+        self, policy: CosmosPolicy, *, max_batch: int, window_s: float, log_every: int, log=print, run: Any = None
+    ):
+        """``run``: what answers a batch of prepared rows (default ``policy.run``; a planner's ``run``)."""
         self.policy = policy
         self.stats = Stats(log_every, log)
-        self.batcher = Batcher(policy.run, max_batch=max_batch, window_s=window_s, stats=self.stats)
+        self.batcher_run = run or policy.run
+        self.batcher = Batcher(self.batcher_run, max_batch=max_batch, window_s=window_s, stats=self.stats)
         self.metadata = policy.metadata
 
     def infer(self, observation: Any) -> dict[str, Any]:
