@@ -28,14 +28,12 @@ Worker processes only need numpy, PIL and h5py; the source pickles without its o
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import io
 import logging
 import operator
 import os
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -47,6 +45,7 @@ from cosmos_policy_jax.data import statistics as stats_lib
 from cosmos_policy_jax.data import transforms
 from cosmos_policy_jax.data.epoch import EpochStructure, StepIndex, calculate_epoch_structure
 from cosmos_policy_jax.data.errors import DataError
+from cosmos_policy_jax.data.open_files import OpenFiles
 from cosmos_policy_jax.data.returns import monte_carlo_returns
 from cosmos_policy_jax.data.t5 import load_t5_embeddings
 from cosmos_policy_jax.layouts import SLOTS
@@ -242,9 +241,7 @@ class EpisodeSource:
         self.action_dim = action_dim
         self.proprio_dim = proprio_dim
         self.seed = int(seed)
-        self._handles: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
-        self._handles_pid = os.getpid()
-        self._lock = threading.Lock()
+        self._handles = OpenFiles(_open_h5, _MAX_OPEN_FILES)
 
         self.cameras = self._active_cameras()
         self.layout = self._compute_layout()
@@ -497,38 +494,11 @@ class EpisodeSource:
 
     # ------------------------------------------------------------------ file handles
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = collections.OrderedDict()
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._handles_pid = os.getpid()
-
     def _file(self, path: str) -> h5py.File:
-        with self._lock:
-            if self._handles_pid != os.getpid():  # forked: the parent's handles are not ours
-                self._handles = collections.OrderedDict()
-                self._handles_pid = os.getpid()
-            f = self._handles.get(path)
-            if f is not None:
-                self._handles.move_to_end(path)
-                return f
-            f = _open_h5(path)
-            self._handles[path] = f
-            while len(self._handles) > _MAX_OPEN_FILES:
-                _, old = self._handles.popitem(last=False)
-                old.close()
-            return f
+        return self._handles.get(path)
 
     def close(self) -> None:
-        with self._lock:
-            for f in self._handles.values():
-                f.close()
-            self._handles.clear()
+        self._handles.close()
 
     def _frame(self, ep: Episode, role: str, step: int) -> np.ndarray:
         key, jpeg = ep.cameras[role]

@@ -9,7 +9,6 @@ parent's after a fork, so grain worker processes each open their own.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cosmos_policy_jax.data.errors import DataError
+from cosmos_policy_jax.data.open_files import OpenFiles
 
 _MAX_OPEN = 16
 
@@ -91,14 +91,25 @@ def _has_packet_at(c: Any, stream: Any, t: float, tol: float) -> bool:
     return False
 
 
+def _open_video(path: str, what: str) -> Any:
+    try:
+        c = _av().open(path)
+    except Exception as e:
+        raise DataError(f"{path}: cannot open video ({what}) ({_first_line(e)})") from e
+    if not c.streams.video:
+        c.close()
+        raise DataError(f"{path}: no video stream ({what})")
+    c.streams.video[0].thread_type = "NONE"  # one sample decodes 1-2 frames: threads only cost
+    return c
+
+
 class VideoFrames:
     """Random access to RGB frames of many video files, one LRU of open containers per process."""
 
     def __init__(self, max_open: int = _MAX_OPEN):
         self.max_open = int(max_open)
-        self._open: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._containers = OpenFiles(_open_video, self.max_open)
+        self._lock = threading.Lock()  # a container decodes for one caller at a time
 
     def __getstate__(self) -> dict:
         return {"max_open": self.max_open}
@@ -106,31 +117,10 @@ class VideoFrames:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_open"])
 
-    def _container(self, path: str, what: str) -> Any:
-        if self._pid != os.getpid():  # forked: the parent's demuxers are not ours
-            self._open = collections.OrderedDict()
-            self._pid = os.getpid()
-        c = self._open.get(path)
-        if c is not None:
-            self._open.move_to_end(path)
-            return c
-        try:
-            c = _av().open(path)
-        except Exception as e:
-            raise DataError(f"{path}: cannot open video ({what}) ({_first_line(e)})") from e
-        if not c.streams.video:
-            c.close()
-            raise DataError(f"{path}: no video stream ({what})")
-        c.streams.video[0].thread_type = "NONE"  # one sample decodes 1-2 frames: threads only cost
-        self._open[path] = c
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1].close()
-        return c
-
     def frame(self, path: str, timestamp: float, fps: float, what: str = "") -> np.ndarray:
         """The ``(H, W, 3)`` uint8 RGB frame shown at ``timestamp`` seconds (within half a frame)."""
         with self._lock:
-            c = self._container(path, what)
+            c = self._containers.get(path, what)
             try:
                 return _decode_at(c, float(timestamp), 0.5 / float(fps), path, what)
             except DataError:
@@ -141,15 +131,11 @@ class VideoFrames:
                 raise DataError(f"{path}: cannot decode frame at {timestamp:.3f}s ({what}) ({_first_line(e)})") from e
 
     def _drop(self, path: str) -> None:
-        c = self._open.pop(path, None)
-        if c is not None:
-            c.close()
+        self._containers.drop(path)
 
     def close(self) -> None:
         with self._lock:
-            for c in self._open.values():
-                c.close()
-            self._open.clear()
+            self._containers.close()
 
 
 def _decode_at(c: Any, timestamp: float, tol: float, path: str, what: str) -> np.ndarray:
