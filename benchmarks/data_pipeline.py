@@ -103,15 +103,15 @@ def time_workers(source, args) -> list[dict]:
     return results
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def pipeline_args(description: str) -> argparse.ArgumentParser:
+    """The flags both pipeline benchmarks (HDF5 here, LeRobot in lerobot_pipeline.py) take."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--final_image_size", type=int, default=224)
     p.add_argument("--stored_image_size", type=int, default=256)
-    p.add_argument("--jpeg", action="store_true", help="store frames as JPEG (decoded per sample)")
     p.add_argument("--no_aug", action="store_true", help="turn the image augmentation off")
     p.add_argument("--episodes", type=int, default=16)
     p.add_argument("--rollouts", type=int, default=8)
@@ -120,6 +120,12 @@ def main() -> None:
         "--data_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "bench_data")
     )
     p.add_argument("--json", action="store_true")
+    return p
+
+
+def main() -> None:
+    p = pipeline_args(__doc__.splitlines()[0])
+    p.add_argument("--jpeg", action="store_true", help="store frames as JPEG (decoded per sample)")
     args = p.parse_args()
 
     root = prepare(

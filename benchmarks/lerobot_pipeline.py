@@ -13,7 +13,6 @@ sample decodes 4 frames (2 cameras x current/future). Prints samples/s per worke
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data_pipeline import prepare, time_workers
+from data_pipeline import pipeline_args, prepare, time_workers
 
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax.data import demo_gen
@@ -29,21 +28,7 @@ from cosmos_policy_jax.data.lerobot import LeRobotDataset, LeRobotSource
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--final_image_size", type=int, default=224)
-    p.add_argument("--stored_image_size", type=int, default=256)
-    p.add_argument("--no_aug", action="store_true")
-    p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--rollouts", type=int, default=8)
-    p.add_argument("--prefetch", type=int, default=2)
-    p.add_argument(
-        "--data_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "bench_data")
-    )
-    p.add_argument("--json", action="store_true")
+    p = pipeline_args(__doc__.splitlines()[0])
     args = p.parse_args()
 
     root = prepare(
