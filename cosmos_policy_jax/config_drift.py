@@ -75,7 +75,9 @@ def _plain(config: Any) -> dict:
 def diff(saved: Any, requested: Any) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, requested value)`` for every leaf that differs, sorted by key."""
     a, b = flatten(_plain(saved)), flatten(_plain(requested))
-    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b)) if a.get(k, ABSENT) != b.get(k, ABSENT)]
+    return [
+        (k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b)) if a.get(k, ABSENT) != b.get(k, ABSENT)
+    ]
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -89,9 +91,7 @@ def _both_set(change: tuple[str, Any, Any]) -> bool:
 
 def shape_or_data_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
     return [
-        c
-        for c in changes
-        if _both_set(c) and _matches(c[0], SHAPE_OR_DATA_KEYS) and not _matches(c[0], EXECUTION_KEYS)
+        c for c in changes if _both_set(c) and _matches(c[0], SHAPE_OR_DATA_KEYS) and not _matches(c[0], EXECUTION_KEYS)
     ]
 
 

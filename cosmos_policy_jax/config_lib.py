@@ -294,7 +294,9 @@ def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
         if mesh_shape is not None and gbs is not None and gbs >= 1:
             dp = mesh_shape["data"] * mesh_shape["fsdp"]
             if gbs % dp:
-                p.append(f"{section}.global_batch_size: {gbs} is not divisible by the data-parallel size {dp} (data x fsdp)")
+                p.append(
+                    f"{section}.global_batch_size: {gbs} is not divisible by the data-parallel size {dp} (data x fsdp)"
+                )
     return p
 
 

@@ -143,7 +143,13 @@ def test_yaml_round_trip_is_plain(tmp_path):
 
 def test_production_configs_load_the_pretrained_vae(tmp_path, monkeypatch):
     monkeypatch.setenv("BASE_CHECKPOINTS_DIR", str(tmp_path))
-    for arg in ("libero,synthetic", "robocasa,synthetic", "aloha,synthetic", "libero,fp32,synthetic", "lerobot,synthetic"):
+    for arg in (
+        "libero,synthetic",
+        "robocasa,synthetic",
+        "aloha,synthetic",
+        "libero,fp32,synthetic",
+        "lerobot,synthetic",
+    ):
         c = cosmos_policy.get_config(arg)
         unresolved = config_lib.resolve(c)
         tok = c.model.tokenizer
