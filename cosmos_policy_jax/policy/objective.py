@@ -106,10 +106,8 @@ def policy_loss(
     x0_clean = _clean_latent(latent_x0, cfg)
     cfg.layout.check_batch(batch)
     batch = cast_batch_floats(batch, cfg.compute_dtype)
-    b = x0_clean.shape[0]
     sigma, epsilon, k_text = _noise(key, x0_clean, cfg, sigma, epsilon)
-
-    frame_mask = frame_condition_mask(batch, b, cfg).astype(cfg.compute_dtype)
+    frame_mask = frame_condition_mask(batch, x0_clean.shape[0], cfg).astype(cfg.compute_dtype)
     gt_frames = build_gt_frames(x0_clean, batch, cfg.layout, cfg.compute_dtype)
     x0 = inject_targets(x0_clean, batch, cfg.layout)
     xt = x0 + sigma[:, None, :, None, None] * epsilon
@@ -119,15 +117,14 @@ def policy_loss(
 
     loss, terms = _weighted_loss(x0, pred["x0_pred"], sigma, batch, cfg)
     metrics = _loss_metrics(loss, terms, x0, pred["x0_pred"], batch, cfg)
-    full_mask = jnp.broadcast_to(frame_mask.astype(jnp.float32)[:, None, :, None, None], (b, 1, *x0.shape[2:]))
-    aux = dict(
-        x0=x0,
-        orig_x0=x0_clean,
-        xt=xt,
-        sigma=sigma,
-        epsilon=epsilon,
-        condition_video_input_mask=full_mask,
-        gt_frames=gt_frames.astype(jnp.float32),
+    mask5 = jnp.broadcast_to(frame_mask.astype(jnp.float32)[:, None, :, None, None], (x0.shape[0], 1, *x0.shape[2:]))
+    inputs = dict(x0=x0, orig_x0=x0_clean, xt=xt, sigma=sigma, epsilon=epsilon, gt_frames=gt_frames.astype(jnp.float32))
+    return loss, metrics, dict(**inputs, condition_video_input_mask=mask5, **_prediction_aux(pred, terms))
+
+
+def _prediction_aux(pred: Mapping[str, jax.Array], terms: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The network's inputs and outputs and the loss terms, as ``policy_loss`` returns them in ``aux``."""
+    return dict(
         net_x=pred["net_x"],
         net_timesteps=pred["net_timesteps"],
         net_out=pred["net_out"],
@@ -137,7 +134,6 @@ def policy_loss(
         edm_loss_per_frame=terms["edm"].mean(axis=(1, 3, 4)),
         loss_mask=terms["loss_mask"],
     )
-    return loss, metrics, aux
 
 
 def _clean_latent(latent_x0: jax.Array, cfg: PolicyConfig) -> jax.Array:
