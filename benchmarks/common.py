@@ -227,7 +227,7 @@ def first_batch(config, mesh) -> dict:
 
 
 def build_bench(config, mesh) -> Bench:
-    from cosmos_policy_jax.policy.objective import PolicyConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.training import state as state_lib
     from cosmos_policy_jax.training.optimizer import make_optimizer
 
@@ -265,7 +265,7 @@ def make_vae_encode(b: Bench):
     """jit(vae params, batch) -> latent (B, 16, T', H/8, W/8), exactly the step's encode."""
     from flax import nnx
 
-    from cosmos_policy_jax.policy.objective import encode_batch_video
+    from cosmos_policy_jax.policy.conditioning import encode_batch_video
 
     graphdef, pcfg = b.defs.vae_graphdef, b.pcfg
 
@@ -355,7 +355,7 @@ def abstract_batch(config, mesh) -> dict:
 
 def abstract_bench(config, mesh) -> Bench:
     """A ``Bench`` whose state, VAE parameters, buffers and batch are ShapeDtypeStructs (lower/compile only)."""
-    from cosmos_policy_jax.policy.objective import PolicyConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.training import state as state_lib
     from cosmos_policy_jax.training.optimizer import make_optimizer
 

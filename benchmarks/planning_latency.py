@@ -49,7 +49,7 @@ def run(config, n: int, steps_action: int, steps_future: int, steps_value: int, 
     from cosmos_policy_jax.models.vae import WanVAE, WanVAEConfig
     from cosmos_policy_jax.planning.config import PlanningConfig
     from cosmos_policy_jax.planning.search import Models, plan
-    from cosmos_policy_jax.policy.objective import PolicyConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
 
     cfg = PolicyConfig.from_config(config)
     steps_action = steps_action or cfg.sampler_num_steps

@@ -20,8 +20,8 @@ def measure(config_arg: str, batch: int) -> dict:
     from configs.cosmos_policy import get_config
     from cosmos_policy_jax.parallel.mesh import make_mesh
     from cosmos_policy_jax.policy.api import abstract_inputs, compiled_memory
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.policy.inference import jit_policy_fn
-    from cosmos_policy_jax.policy.objective import PolicyConfig
     from cosmos_policy_jax.training.state import model_defs
 
     config = get_config(config_arg)

@@ -292,7 +292,7 @@ def vae_stages(b: common.Bench, steps: int, warmup: int) -> list[dict]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from cosmos_policy_jax.policy.objective import normalize_video
+    from cosmos_policy_jax.policy.conditioning import normalize_video
 
     vae = nnx.merge(b.defs.vae_graphdef, b.vae)
     enc = vae.encoder

@@ -62,8 +62,8 @@ def run(config, batch: int, num_steps: int, steps: int, warmup: int, future_imag
     from cosmos_policy_jax.diffusion.sampler import solver_plan
     from cosmos_policy_jax.models.dit import DiTConfig, MinimalV1LVGDiT
     from cosmos_policy_jax.models.vae import WanVAE, WanVAEConfig, resolve_conv_impl
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.policy.inference import make_policy_fn
-    from cosmos_policy_jax.policy.objective import PolicyConfig
     from cosmos_policy_jax.training import flops as flops_lib
 
     pcfg = PolicyConfig.from_config(config)

@@ -196,8 +196,8 @@ def _check_model(config) -> list[str]:
     from cosmos_policy_jax.diffusion.sde import SDEConfig
     from cosmos_policy_jax.models.dit import DiTConfig
     from cosmos_policy_jax.models.vae import WanVAEConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.policy.layout import LatentLayout
-    from cosmos_policy_jax.policy.objective import PolicyConfig
 
     p: list[str] = []
     m = config.model

@@ -181,7 +181,7 @@ def test_vae_needs_a_file_or_an_explicit_random_init():
 
 def _builds(config) -> bool:
     from cosmos_policy_jax.models.dit import DiTConfig
-    from cosmos_policy_jax.policy.objective import PolicyConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
 
     try:
         DiTConfig.from_config(config.model.net)

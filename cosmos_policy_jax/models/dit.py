@@ -493,6 +493,66 @@ class MinimalV1LVGDiT(nnx.Module):
                 outs.append(x)
         return x, outs
 
+    def _check_inputs(
+        self, x_B_C_T_H_W: jax.Array, timesteps_B_T: jax.Array, crossattn_emb_B_L_D: jax.Array
+    ) -> jax.Array:
+        """Raise on malformed inputs; returns the timesteps as (B, T) (a (B,) vector gets a frame axis)."""
+        cfg = self.cfg
+        if x_B_C_T_H_W.ndim != 5 or x_B_C_T_H_W.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be (B, {cfg.in_channels}, T, H, W), got {x_B_C_T_H_W.shape}")
+        b, _, t, h, w = x_B_C_T_H_W.shape
+        ps, pt = cfg.patch_spatial, cfg.patch_temporal
+        if h % ps or w % ps or t % pt:
+            raise ValueError(f"x spatial/temporal size {(t, h, w)} is not divisible by the patch ({pt}, {ps}, {ps})")
+        if timesteps_B_T.ndim == 1:
+            timesteps_B_T = timesteps_B_T[:, None]
+        if timesteps_B_T.shape[0] != b:
+            raise ValueError(f"timesteps must be (B={b}, T), got {timesteps_B_T.shape}")
+        if crossattn_emb_B_L_D.ndim != 3 or crossattn_emb_B_L_D.shape[-1] != cfg.crossattn_emb_channels:
+            raise ValueError(
+                f"crossattn_emb must be (B, L, {cfg.crossattn_emb_channels}), got {crossattn_emb_B_L_D.shape}"
+            )
+        return timesteps_B_T
+
+    def _input_channels(
+        self,
+        x_B_C_T_H_W: jax.Array,
+        condition_video_input_mask_B_C_T_H_W: jax.Array | None,
+        padding_mask_B_1_H_W: jax.Array | None,
+        data_type: str,
+    ) -> jax.Array:
+        """The network input in the compute dtype: x, the condition mask channel and, if configured, the
+        padding mask resized to the latent grid, concatenated on the channel axis."""
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+        b, _, t, h, w = x_B_C_T_H_W.shape
+        x = x_B_C_T_H_W.astype(dtype)
+        if data_type == "video":
+            if condition_video_input_mask_B_C_T_H_W is None:
+                raise ValueError("data_type='video' needs condition_video_input_mask_B_C_T_H_W")
+            cond = condition_video_input_mask_B_C_T_H_W.astype(dtype)
+        elif data_type == "image":
+            cond = jnp.zeros((b, 1, t, h, w), dtype)
+        else:
+            raise ValueError(f"data_type must be 'video' or 'image', got {data_type!r}")
+        parts = [x, cond]
+        if cfg.concat_padding_mask:
+            if padding_mask_B_1_H_W is None:
+                pad = jnp.zeros((b, 1, h, w), dtype)
+            else:
+                pad = resize_padding_mask(padding_mask_B_1_H_W.astype(dtype), h, w)
+            parts.append(jnp.broadcast_to(pad[:, :, None], (b, 1, t, h, w)))
+        return jnp.concatenate(parts, axis=1)
+
+    def _embed_timesteps(self, timesteps_B_T: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(sinusoid, adaln_lora, normalised embedding) of the per-frame timesteps."""
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+        # Timesteps enter in the compute dtype (bf16-rounded in production), sinusoid in float32.
+        ts = (timesteps_B_T * cfg.timestep_scale).astype(dtype)
+        sinusoid = timestep_sinusoid(ts, cfg.model_channels).astype(dtype)
+        return sinusoid, self.t_embedder(sinusoid), self.t_embedding_norm(sinusoid)
+
     def __call__(
         self,
         x_B_C_T_H_W: jax.Array,
@@ -513,51 +573,17 @@ class MinimalV1LVGDiT(nnx.Module):
         without the ``inter.`` prefix (``x_embedder_out``, ``rope_emb``, ``t_embedder_out.0``, ...).
         """
         cfg = self.cfg
-        dtype = cfg.compute_dtype
-        if x_B_C_T_H_W.ndim != 5 or x_B_C_T_H_W.shape[1] != cfg.in_channels:
-            raise ValueError(f"x must be (B, {cfg.in_channels}, T, H, W), got {x_B_C_T_H_W.shape}")
-        b, _, t, h, w = x_B_C_T_H_W.shape
         ps, pt = cfg.patch_spatial, cfg.patch_temporal
-        if h % ps or w % ps or t % pt:
-            raise ValueError(f"x spatial/temporal size {(t, h, w)} is not divisible by the patch ({pt}, {ps}, {ps})")
-        if timesteps_B_T.ndim == 1:
-            timesteps_B_T = timesteps_B_T[:, None]
-        if timesteps_B_T.shape[0] != b:
-            raise ValueError(f"timesteps must be (B={b}, T), got {timesteps_B_T.shape}")
-        if crossattn_emb_B_L_D.ndim != 3 or crossattn_emb_B_L_D.shape[-1] != cfg.crossattn_emb_channels:
-            raise ValueError(
-                f"crossattn_emb must be (B, L, {cfg.crossattn_emb_channels}), got {crossattn_emb_B_L_D.shape}"
-            )
-
-        x = x_B_C_T_H_W.astype(dtype)
-        if data_type == "video":
-            if condition_video_input_mask_B_C_T_H_W is None:
-                raise ValueError("data_type='video' needs condition_video_input_mask_B_C_T_H_W")
-            cond = condition_video_input_mask_B_C_T_H_W.astype(dtype)
-        elif data_type == "image":
-            cond = jnp.zeros((b, 1, t, h, w), dtype)
-        else:
-            raise ValueError(f"data_type must be 'video' or 'image', got {data_type!r}")
-        parts = [x, cond]
-        if cfg.concat_padding_mask:
-            if padding_mask_B_1_H_W is None:
-                pad = jnp.zeros((b, 1, h, w), dtype)
-            else:
-                pad = resize_padding_mask(padding_mask_B_1_H_W.astype(dtype), h, w)
-            parts.append(jnp.broadcast_to(pad[:, :, None], (b, 1, t, h, w)))
-        x = jnp.concatenate(parts, axis=1)
+        timesteps_B_T = self._check_inputs(x_B_C_T_H_W, timesteps_B_T, crossattn_emb_B_L_D)
+        x = self._input_channels(x_B_C_T_H_W, condition_video_input_mask_B_C_T_H_W, padding_mask_B_1_H_W, data_type)
 
         x_B_T_H_W_D = self.x_embedder(patchify(x, pt, ps))
         tt, hh, ww = x_B_T_H_W_D.shape[1:4]
         angles = jnp.asarray(rope_angles(cfg, tt, hh, ww))
         rope = (jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :])  # (L, 1, head_dim) against (B, L, N, hd)
 
-        # Timesteps enter in the compute dtype (bf16-rounded in production), sinusoid in float32.
-        ts = (timesteps_B_T * cfg.timestep_scale).astype(dtype)
-        sinusoid = timestep_sinusoid(ts, cfg.model_channels).astype(dtype)
-        adaln_lora = self.t_embedder(sinusoid)
-        emb = self.t_embedding_norm(sinusoid)
-        context = crossattn_emb_B_L_D.astype(dtype)
+        sinusoid, adaln_lora, emb = self._embed_timesteps(timesteps_B_T)
+        context = crossattn_emb_B_L_D.astype(cfg.compute_dtype)
 
         x_B_T_H_W_D_out, per_block = self._run_blocks(
             x_B_T_H_W_D, emb, context, rope, adaln_lora, keep=return_intermediates

@@ -4,7 +4,7 @@ Every planning query kind (action, future state, V(s'), Q(s,a)) is one run of th
 latent whose first ``num_conditional_frames`` frames (plus the injected current proprio) are clean
 conditioning, optionally with input masking. Each sample of a batch carries its own seed (initial noise)
 and its own sampler plan (step count; sigma range under variance scaling), so the N queries of a
-best-of-N search and the members of an ensemble run as one call of ``policy.inference.sample_latent``.
+best-of-N search and the members of an ensemble run as one call of ``policy.denoiser.sample_latent``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import numpy as np
 from flax import nnx
 
 from cosmos_policy_jax.diffusion.sampler import initial_noise, solver_plan
-from cosmos_policy_jax.policy.inference import build_video, decode_future_images, inference_condition, sample_latent
+from cosmos_policy_jax.policy.conditioning import encode_video, inference_condition
+from cosmos_policy_jax.policy.config import PolicyConfig
+from cosmos_policy_jax.policy.denoiser import sample_latent
+from cosmos_policy_jax.policy.inference import build_video, decode_future_images
 from cosmos_policy_jax.policy.layout import CURRENT_STATE_SLOTS, FUTURE_STATE_SLOTS
-from cosmos_policy_jax.policy.objective import PolicyConfig, normalize_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +127,7 @@ def observation_video(images: dict[str, jax.Array], cfg: PolicyConfig) -> jax.Ar
 @functools.partial(nnx.jit, static_argnames=("cfg",))
 def encode_observation(vae, images: dict[str, jax.Array], cfg: PolicyConfig) -> jax.Array:
     """The VAE latent (B, C, T, H, W) of the observation video (``observation_video``)."""
-    video = observation_video(images, cfg)
-    latent = vae.encode(normalize_video(video, cfg.compute_dtype)).astype(jnp.float32)
-    return latent * cfg.sigma_data
+    return encode_video(vae, observation_video(images, cfg), cfg)
 
 
 @functools.partial(nnx.jit, static_argnames=("cfg",))

@@ -103,7 +103,7 @@ def planning_policy_from_model(
     from flax import nnx
 
     from cosmos_policy_jax.policy.api import build_model
-    from cosmos_policy_jax.policy.objective import PolicyConfig
+    from cosmos_policy_jax.policy.config import PolicyConfig
 
     t0 = time.perf_counter()
     net_def, net_state, vae_def, vae_state = model

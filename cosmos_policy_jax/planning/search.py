@@ -19,9 +19,9 @@ import numpy as np
 from cosmos_policy_jax.planning import aggregation as agg
 from cosmos_policy_jax.planning.config import PlanningConfig
 from cosmos_policy_jax.planning.generate import CallSpec, decode_images, encode_observation, frame_value, generate
+from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.inference import decode_action_latent
 from cosmos_policy_jax.policy.layout import CURRENT_STATE_SLOTS, FUTURE_STATE_SLOTS
-from cosmos_policy_jax.policy.objective import PolicyConfig
 
 
 @dataclasses.dataclass

@@ -120,8 +120,8 @@ class CosmosPolicy:
         batch_size: int = 1,
         info: Mapping[str, Any] | None = None,
     ):
+        from cosmos_policy_jax.policy.config import PolicyConfig
         from cosmos_policy_jax.policy.inference import STAT_KEYS
-        from cosmos_policy_jax.policy.objective import PolicyConfig
 
         self.config = config
         self.cfg = PolicyConfig.from_config(config)
@@ -340,8 +340,8 @@ class CosmosPolicy:
 
 def abstract_inputs(config: Any, batch: int, stats: Mapping[str, np.ndarray] | None = None) -> tuple[Any, ...]:
     """ShapeDtypeStructs of (observation, embedding, stats, noise) for one query of ``batch`` observations."""
+    from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.policy.inference import STAT_KEYS
-    from cosmos_policy_jax.policy.objective import PolicyConfig
 
     cfg = PolicyConfig.from_config(config)
     ds = config.dataloader_train.dataset

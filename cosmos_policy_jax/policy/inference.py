@@ -21,10 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cosmos_policy_jax.diffusion.sampler import SolverPlan, initial_noise, sample_jax, sample_jax_per_sample
+from cosmos_policy_jax.diffusion.sampler import initial_noise
 from cosmos_policy_jax.policy import injection
+from cosmos_policy_jax.policy.conditioning import encode_video, inference_condition
+from cosmos_policy_jax.policy.config import PolicyConfig
+from cosmos_policy_jax.policy.denoiser import sample_latent, sampler_noise
 from cosmos_policy_jax.policy.layout import LatentLayout
-from cosmos_policy_jax.policy.objective import PolicyConfig, denoise, normalize_video
 
 STAT_KEYS = ("actions_min", "actions_max", "proprio_min", "proprio_max")
 
@@ -93,23 +95,6 @@ def _stats(stats: Mapping[str, Any]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(stats[k], jnp.float32) for k in STAT_KEYS}
 
 
-def inference_condition(
-    latent: jax.Array, proprio: jax.Array | None, cfg: PolicyConfig, num_conditional_frames: int | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """(gt_frames, per-frame mask (B, T)) at inference: the first ``num_conditional_frames`` frames (default:
-    the layout's), plus the current-proprio frame holding the injected normalised proprio."""
-    layout = cfg.layout
-    b, t = latent.shape[0], latent.shape[2]
-    n_cond = layout.num_conditional_frames if num_conditional_frames is None else int(num_conditional_frames)
-    mask = jnp.broadcast_to((jnp.arange(t) < n_cond).astype(jnp.float32), (b, t))
-    gt = latent.astype(jnp.float32)
-    if proprio is not None and layout.has("current_proprio"):
-        k = layout.index("current_proprio")
-        mask = mask.at[:, k].set(1.0)
-        gt = injection.inject_vector(gt, proprio.astype(cfg.compute_dtype).astype(jnp.float32), k)
-    return gt, mask
-
-
 def generate_actions(
     net: Callable[..., jax.Array],
     vae: Any,
@@ -145,41 +130,57 @@ def generate_actions(
       ``future_proprio`` (B, proprio_dim) un-normalised, ``latent`` (the sampled latent) and, when asked,
       ``future_images`` ``{slot: (B, H, W, 3) uint8}``.
     """
-    layout = cfg.layout
     st = _stats(stats)
-    seed = cfg.sampler_seed if seed is None else int(seed)
     num_steps = cfg.sampler_num_steps if num_steps is None else int(num_steps)
-
-    video = build_video(observation, layout, cfg.temporal_compression)
-    b = video.shape[0]
-    latent = jax.lax.stop_gradient(vae.encode(normalize_video(video, cfg.compute_dtype)).astype(jnp.float32))
-    latent = latent * cfg.sigma_data
-    if latent.shape[1] != cfg.state_ch or latent.shape[2] != layout.state_t:
-        raise ValueError(f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={layout.state_t}")
-
-    proprio = None
-    if layout.has("current_proprio"):
-        if "proprio" not in observation:
-            raise KeyError("observation has no 'proprio', required by the latent layout")
-        raw = jnp.asarray(observation["proprio"], jnp.float32).reshape(b, -1)
-        proprio = normalize_to_unit_range(raw, st["proprio_min"], st["proprio_max"])
+    video = build_video(observation, cfg.layout, cfg.temporal_compression)
+    b, h, w = video.shape[0], video.shape[-2], video.shape[-1]
+    latent = _observation_latent(vae, video, cfg)
+    proprio = _normalized_proprio(observation, st, cfg.layout, b)
     gt_frames, frame_mask = inference_condition(latent, proprio, cfg)
+    emb = _per_environment(instruction_embedding, b)
+    padding = jnp.zeros((b, 1, h, w), jnp.float32)
+    x_init = sampler_noise(tuple(latent.shape), cfg, seed=seed, noise=noise)
+    sample = sample_latent(net, gt_frames, frame_mask, emb, padding, x_init, cfg, num_steps=num_steps)
+    result = _decode_sample(sample, st, cfg)
+    if return_future_images:
+        result["future_images"] = decode_future_images(vae, sample, latent, cfg)
+    return result
 
+
+def _observation_latent(vae: Any, video: jax.Array, cfg: PolicyConfig) -> jax.Array:
+    """The VAE latent of the observation video, checked against the config's latent shape."""
+    latent = encode_video(vae, video, cfg)
+    if latent.shape[1] != cfg.state_ch or latent.shape[2] != cfg.layout.state_t:
+        raise ValueError(
+            f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={cfg.layout.state_t}"
+        )
+    return latent
+
+
+def _normalized_proprio(
+    observation: Mapping[str, Any], st: Mapping[str, jax.Array], layout: LatentLayout, b: int
+) -> jax.Array | None:
+    """The observation's proprio (B, proprio_dim) normalised to [-1, 1]; None when the layout has no proprio."""
+    if not layout.has("current_proprio"):
+        return None
+    if "proprio" not in observation:
+        raise KeyError("observation has no 'proprio', required by the latent layout")
+    raw = jnp.asarray(observation["proprio"], jnp.float32).reshape(b, -1)
+    return normalize_to_unit_range(raw, st["proprio_min"], st["proprio_max"])
+
+
+def _per_environment(instruction_embedding: jax.Array, b: int) -> jax.Array:
+    """The T5 embedding as (B, L, D): a single (L, D) or (1, L, D) embedding is shared by every environment."""
     emb = jnp.asarray(instruction_embedding)
     if emb.ndim == 2:
         emb = emb[None]
-    emb = jnp.broadcast_to(emb, (b, *emb.shape[1:]))
-    h, w = video.shape[-2:]
-    padding = jnp.zeros((b, 1, h, w), jnp.float32)
+    return jnp.broadcast_to(emb, (b, *emb.shape[1:]))
 
-    if noise is None:
-        x_init = jnp.asarray(initial_noise(tuple(latent.shape), seed, cfg.sampler_sigma_max))
-    else:
-        if tuple(noise.shape) != tuple(latent.shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, the latent {tuple(latent.shape)}")
-        x_init = jnp.asarray(noise, jnp.float32)
-    sample = sample_latent(net, gt_frames, frame_mask, emb, padding, x_init, cfg, num_steps=num_steps)
 
+def _decode_sample(sample: jax.Array, st: Mapping[str, jax.Array], cfg: PolicyConfig) -> dict[str, Any]:
+    """The non-image outputs of a sampled latent: un-normalised and normalised actions, the latent itself and,
+    when the layout has them, the value and the un-normalised future proprio (``st``: ``_stats`` output)."""
+    layout = cfg.layout
     actions_norm = decode_action_latent(sample, layout, cfg.chunk_size, cfg.action_dim)
     result: dict[str, Any] = dict(
         actions=unnormalize_from_unit_range(actions_norm, st["actions_min"], st["actions_max"]),
@@ -191,53 +192,7 @@ def generate_actions(
     if layout.has("future_proprio"):
         fp = injection.extract_vector(sample, layout.index("future_proprio"), cfg.proprio_dim)
         result["future_proprio"] = unnormalize_from_unit_range(fp, st["proprio_min"], st["proprio_max"])
-    if return_future_images:
-        result["future_images"] = decode_future_images(vae, sample, latent, cfg)
     return result
-
-
-def sample_latent(
-    net: Callable[..., jax.Array],
-    gt_frames: jax.Array,
-    frame_mask: jax.Array,
-    emb: jax.Array,
-    padding: jax.Array | None,
-    x_init: jax.Array,
-    cfg: PolicyConfig,
-    *,
-    num_steps: int | None = None,
-    plans: list[SolverPlan] | None = None,
-) -> jax.Array:
-    """One sampler run of the conditioned denoiser from ``x_init`` (the reference's generate call).
-
-    ``num_steps`` runs the config's sigma range for the whole batch; ``plans`` (one ``SolverPlan`` per
-    sample, e.g. per-query variance scales or ensemble step counts) runs each sample on its own plan.
-    """
-    net_fn = _traceable(net)
-
-    def x0_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
-        out = denoise(net_fn(), x, sigma[:, None], gt_frames, frame_mask.astype(cfg.compute_dtype), emb, padding, cfg)
-        return out["x0_pred"]
-
-    if plans is not None:
-        return sample_jax_per_sample(x0_fn, x_init, plans)
-    num_steps = cfg.sampler_num_steps if num_steps is None else int(num_steps)
-    return sample_jax(
-        x0_fn, x_init, num_steps, cfg.sampler_sigma_min, cfg.sampler_sigma_max, cfg.sampler_rho, cfg.sampler_solver
-    )
-
-
-def _traceable(net: Any) -> Callable[[], Any]:
-    """A factory returning ``net`` usable inside the sampler's ``lax.scan``.
-
-    An NNX module that itself uses NNX transforms (the DiT's scanned blocks) cannot be called from a
-    deeper JAX trace than the one it was created in; re-merging it from its split state inside the
-    scan body gives a module of the current trace level, with the same arrays.
-    """
-    if isinstance(net, nnx.Module):
-        graphdef, state = nnx.split(net)
-        return lambda: nnx.merge(graphdef, state, copy=True)
-    return lambda: net
 
 
 def decode_future_images(

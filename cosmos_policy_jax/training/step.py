@@ -19,7 +19,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cosmos_policy_jax.parallel.rules import BATCH_AXES
-from cosmos_policy_jax.policy.objective import PolicyConfig, encode_batch_video, policy_loss
+from cosmos_policy_jax.policy.conditioning import encode_batch_video
+from cosmos_policy_jax.policy.config import PolicyConfig
+from cosmos_policy_jax.policy.objective import policy_loss
 from cosmos_policy_jax.training.optimizer import all_finite, power_ema_beta, power_ema_gamma, update_loss_scale
 from cosmos_policy_jax.training.state import ModelDefs, TrainState
 

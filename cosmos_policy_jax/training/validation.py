@@ -17,9 +17,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from cosmos_policy_jax.diffusion.sampler import initial_noise, sample_jax
-from cosmos_policy_jax.policy.inference import decode_action_latent, inference_condition
-from cosmos_policy_jax.policy.objective import PolicyConfig, cast_batch_floats, denoise, encode_batch_video
+from cosmos_policy_jax.policy.conditioning import cast_batch_floats, encode_batch_video, inference_condition
+from cosmos_policy_jax.policy.config import PolicyConfig
+from cosmos_policy_jax.policy.denoiser import sample_latent, sampler_noise
+from cosmos_policy_jax.policy.inference import decode_action_latent
 from cosmos_policy_jax.training.data import DataFeed
 from cosmos_policy_jax.training.step import make_eval_loss
 
@@ -40,22 +41,9 @@ def make_sampled_action_l1(config, defs) -> Any:
             h, w = batch["video"].shape[-2:]
             padding = jnp.zeros((latent.shape[0], 1, h, w), jnp.float32)
 
-        def x0_fn(x, sigma):
-            # Merged inside the sampler's scan, as a copy: an NNX module built at an outer trace level
-            # cannot be used inside the scan (see policy.inference._traceable).
-            net = nnx.merge(defs.dit_graphdef, params, dit_rest, copy=True)
-            return denoise(net, x, sigma[:, None], gt, mask.astype(pcfg.compute_dtype), emb, padding, pcfg)["x0_pred"]
-
-        x_init = jnp.asarray(initial_noise(tuple(latent.shape), pcfg.sampler_seed, pcfg.sampler_sigma_max))
-        sample = sample_jax(
-            x0_fn,
-            x_init,
-            pcfg.sampler_num_steps,
-            pcfg.sampler_sigma_min,
-            pcfg.sampler_sigma_max,
-            pcfg.sampler_rho,
-            pcfg.sampler_solver,
-        )
+        net = nnx.merge(defs.dit_graphdef, params, dit_rest)
+        x_init = sampler_noise(tuple(latent.shape), pcfg)
+        sample = sample_latent(net, gt, mask, emb, padding, x_init, pcfg)
         pred = decode_action_latent(sample, layout, pcfg.chunk_size, pcfg.action_dim)
         err = jnp.abs(pred - batch["actions"].astype(jnp.float32)).mean(axis=(1, 2))
         demo = (batch.get("rollout_data_mask", jnp.zeros_like(err)) == 0).astype(jnp.float32)

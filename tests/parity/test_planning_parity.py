@@ -28,9 +28,9 @@ from cosmos_policy_jax.planning import aggregation as agg
 from cosmos_policy_jax.planning import search
 from cosmos_policy_jax.planning.config import PlanningConfig
 from cosmos_policy_jax.planning.generate import CallSpec, decode_images, encode_observation, generate, variance_scales
+from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.inference import decode_action_latent
 from cosmos_policy_jax.policy.layout import LatentLayout
-from cosmos_policy_jax.policy.objective import PolicyConfig
 from tests.fixture_utils import fixture_dir, fixture_path, load_fixture
 
 SINGLE = 1e-5

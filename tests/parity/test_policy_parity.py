@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cosmos_policy_jax.policy.conditioning import encode_batch_video
+from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.layout import LatentLayout
-from cosmos_policy_jax.policy.objective import PolicyConfig, encode_batch_video, policy_loss
+from cosmos_policy_jax.policy.objective import policy_loss
 from tests.fixture_utils import fixture_path, load_fixture
 
 REL = 1e-4
@@ -176,7 +178,7 @@ def test_generate_actions_with_dit_and_vae(fx):
     """Integration: ``generate_actions`` with the fixture's DiT and VAE (no reference output exists for it):
     shapes, ranges, determinism in the seed, and the jitted sampler equals the float64 host sampler."""
     from cosmos_policy_jax.diffusion import sampler
-    from cosmos_policy_jax.policy import inference
+    from cosmos_policy_jax.policy import conditioning, denoiser, inference
 
     _, info, batch, cfg = _setup(fx)
     vae_mod = pytest.importorskip("cosmos_policy_jax.models.vae")
@@ -206,11 +208,11 @@ def test_generate_actions_with_dit_and_vae(fx):
     assert not np.array_equal(np.asarray(out["actions"]), np.asarray(other["actions"]))
 
     # The same denoiser driven by the float64 host sampler (reference semantics).
-    latent = vae.encode(inference.normalize_video(inference.build_video(obs, lay), jnp.float32))
-    gt, mask = inference.inference_condition(latent, jnp.asarray(obs["proprio"]), cfg)
+    latent = vae.encode(conditioning.normalize_video(inference.build_video(obs, lay), jnp.float32))
+    gt, mask = conditioning.inference_condition(latent, jnp.asarray(obs["proprio"]), cfg)
     graphdef, state = nnx.split(model)
     x0_jit = jax.jit(
-        lambda st, x, s: inference.denoise(
+        lambda st, x, s: denoiser.denoise(
             nnx.merge(graphdef, st), x, s[:, None], gt, mask, jnp.asarray(emb)[None], None, cfg
         )["x0_pred"]
     )

@@ -13,7 +13,7 @@ from flax import nnx
 
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax.policy import inference, injection
-from cosmos_policy_jax.policy.objective import PolicyConfig
+from cosmos_policy_jax.policy.config import PolicyConfig
 
 HW = 16  # pixels; latent 2x2
 

@@ -15,8 +15,9 @@ import pytest
 
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax.policy import objective
+from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.layout import FUTURE_STATE_SLOTS, LatentLayout
-from cosmos_policy_jax.policy.objective import PolicyConfig, policy_loss
+from cosmos_policy_jax.policy.objective import policy_loss
 
 SAMPLE_TYPES = ("demo", "world_model", "value_function")
 
@@ -252,42 +253,3 @@ def test_errors():
             cfg,
             jax.random.key(0),
         )
-    with pytest.raises(ValueError, match="precision"):
-        make_cfg("libero", precision="float16")
-    with pytest.raises(ValueError, match="cannot both be on"):
-        make_cfg(
-            "libero",
-            mask_loss_for_action_future_state_prediction=True,
-            mask_value_prediction_loss_for_policy_prediction=True,
-        )
-
-
-def test_condition_mask_rows_for_libero():
-    # REFERENCE.md 4.4: demo [1,1,1,1,0,0,0,0,0], world model [..,1 on action,..], value function all but value.
-    lay = LatentLayout.from_config(get_config("libero"))
-    batch = dict(
-        rollout_data_mask=np.array([0, 1, 1]),
-        world_model_sample_mask=np.array([0, 1, 0]),
-        value_function_sample_mask=np.array([0, 0, 1]),
-    )
-    m = np.asarray(objective.condition_mask(batch, lay))
-    np.testing.assert_array_equal(
-        m, [[1, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0]]
-    )
-    full = objective.condition_mask(batch, lay, latent_hw=(3, 2), dtype=jnp.bfloat16)
-    assert full.shape == (3, 1, 9, 3, 2) and full.dtype == jnp.bfloat16
-    # Without rollout masks (inference-style batches) only the conditional frames are inputs.
-    np.testing.assert_array_equal(
-        np.asarray(objective.condition_mask({}, lay, batch_size=1)), [[1, 1, 1, 1, 0, 0, 0, 0, 0]]
-    )
-
-
-@pytest.mark.parametrize("arg", ["libero", "robocasa", "aloha", "demo", "tiny", "bench", "libero,tiny"])
-def test_policy_config_from_every_config(arg):
-    c = get_config(arg)
-    cfg = PolicyConfig.from_config(c)
-    assert cfg.state_t == c.model.state_t and cfg.layout.num_conditional_frames == c.model.num_conditional_frames
-    assert cfg.chunk_size == c.dataloader_train.dataset.chunk_size
-    assert cfg.sampler_num_steps == c.model.sampler.num_steps and cfg.precision == c.model.precision
-    assert cfg.sde.lognormal_prob == c.model.sde.lognormal_prob
-    hash(cfg)
