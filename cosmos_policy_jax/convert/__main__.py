@@ -151,8 +151,8 @@ def _fail(msg: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
     from cosmos_policy_jax.convert.core import WeightImportError
-    from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 
     if len(argv) != 2 or argv[1] not in ("import", "export"):
         _fail(f"expected one command, import or export, got {argv[1:]}")

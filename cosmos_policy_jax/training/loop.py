@@ -26,8 +26,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from cosmos_policy_jax import config_lib, xla_env
+from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 from cosmos_policy_jax.convert.core import WeightImportError
-from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
