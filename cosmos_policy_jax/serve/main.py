@@ -57,7 +57,7 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         config=config,
         stats=opts.stats or None,
         t5=opts.t5 or None,
-        use_ema=None if opts.use_ema == "auto" else opts.use_ema == "true",
+        use_ema=cli.tri_state(opts.use_ema),
         num_steps=opts.num_steps,
         seed=opts.seed,
         batch_size=opts.max_batch,
@@ -68,7 +68,7 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         from cosmos_policy_jax.planning.policy import planning_policy_from_model
 
         model = (policy.net_def, policy.net_state, policy.vae_def, policy.vae_state)
-        use_ema = None if opts.use_ema == "auto" else opts.use_ema == "true"
+        use_ema = cli.tri_state(opts.use_ema)
         planner, _ = planning_policy_from_model(
             policy.config, model, {}, policy.stats, planning, opts.planning_checkpoint, use_ema
         )
