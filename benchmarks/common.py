@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cosmos_policy_jax import xla_env  # noqa: E402
+from cosmos_policy_jax.common.git import git_commit  # noqa: E402
 
 
 def apply_project_xla_defaults() -> None:
@@ -45,22 +45,11 @@ def load_avg() -> list[float] | None:
         return None
 
 
-def git_commit() -> str | None:
-    """HEAD of the checkout (the shared working tree may hold others' uncommitted edits: not flagged)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def run_info() -> dict[str, Any]:
     dev = jax.devices()[0]
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": git_commit(),
+        "commit": git_commit(ROOT, short=True),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device_kind": dev.device_kind,

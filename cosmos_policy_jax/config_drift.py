@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from cosmos_policy_jax.config_lib import ConfigError, to_plain_dict
+from cosmos_policy_jax.common.plain import to_plain
+from cosmos_policy_jax.config_lib import ConfigError
 
 ABSENT = "<absent>"
 
@@ -68,13 +69,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _plain(config: Any) -> dict:
-    return config if isinstance(config, dict) else to_plain_dict(config)
-
-
 def diff(saved: Any, requested: Any) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, requested value)`` for every leaf that differs, sorted by key."""
-    a, b = flatten(_plain(saved)), flatten(_plain(requested))
+    a, b = flatten(to_plain(saved)), flatten(to_plain(requested))
     return [
         (k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b)) if a.get(k, ABSENT) != b.get(k, ABSENT)
     ]

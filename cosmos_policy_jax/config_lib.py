@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import string
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -19,15 +16,16 @@ from typing import Any
 import yaml
 from ml_collections import config_dict
 
+from cosmos_policy_jax.common.files import atomic_write_text
+from cosmos_policy_jax.common.git import git_commit
+from cosmos_policy_jax.common.paths import expand_path, unset_message
+from cosmos_policy_jax.common.plain import to_plain
+
 # Kept here (not in the model modules) so that the models import no config code beyond these names.
 CONV_IMPLS = ("auto", "conv3d", "taps")  # model.tokenizer.conv_impl (models/vae.py)
 REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic", "lerobot")
 DEFAULT_OUTPUT_ROOT = "outputs"
-_ENV_PATTERN = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
-
-# Defaults for path variables the shipped configs use, so `demo` works with no environment set.
-_ENV_DEFAULTS = {"COSMOS_POLICY_DATA_ROOT": os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax")}
 
 
 class ConfigError(ValueError):
@@ -66,14 +64,6 @@ def set_field(config: config_dict.ConfigDict, dotted: str, value: Any) -> None:
     for part in parents:
         node = node[part]
     node[last] = value
-
-
-def expand_path(value: str) -> tuple[str, list[str]]:
-    """Expand ``${VAR}``/``$VAR`` and ``~``; returns the result and the names of unset variables."""
-    missing = [m for m in _ENV_PATTERN.findall(value) if m not in os.environ and m not in _ENV_DEFAULTS]
-    env = {**_ENV_DEFAULTS, **os.environ}
-    expanded = string.Template(value).safe_substitute(env)
-    return os.path.expanduser(expanded), missing
 
 
 def default_job_dir(config: config_dict.ConfigDict) -> str:
@@ -319,7 +309,7 @@ def _check_paths(config, unresolved: Mapping[str, list[str]], check_files: bool)
         if field == "checkpoint.load_path":
             hint += "; or pass --config.checkpoint.load_path='' to start the DiT from random weights"
         if field in unresolved:
-            p.append(f"{field}: environment variable(s) {', '.join(unresolved[field])} not set ({value}){hint}")
+            p.append(unset_message(field, unresolved[field], value) + hint)
         elif field == "job.path_local":
             continue  # a path that is a file: training/joblock.py names it when the job starts
         elif not value:
@@ -385,31 +375,13 @@ def validate(
         raise ConfigError(p)
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDict values -> YAML-safe Python (tuples become lists, placeholders None)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, config_dict.FieldReference):
-        return _plain(value.get())
-    return value
-
-
 def to_plain_dict(config: config_dict.ConfigDict | config_dict.FrozenConfigDict) -> dict:
-    return _plain(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    """YAML-safe Python (tuples become lists, references resolved, placeholders None)."""
+    return to_plain(config if hasattr(config, "to_dict") else dict(config))
 
 
 def to_yaml(config) -> str:
     return yaml.safe_dump(to_plain_dict(config), sort_keys=True, default_flow_style=False)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def save_yaml(config, path: str) -> str:
@@ -452,20 +424,6 @@ def config_overrides(argv: Iterable[str]) -> list[str]:
         elif arg.startswith("--config.") and i + 1 < len(argv):
             out.append(f"{arg[2:]}={argv[i + 1]}")
     return out
-
-
-def git_commit(path: str | None = None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=path or os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def job_env_info() -> dict:

@@ -26,12 +26,13 @@ import importlib
 import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from cosmos_policy_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and arg, e.g. configs/cosmos_policy.py:libero", lock_config=True
@@ -42,7 +43,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output file or directory.")
 _EMA = flags.DEFINE_bool("ema", False, "import: read the net_ema. weights instead of net.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "export: cast tensors (default: as stored).")
 
-EXIT_BAD_INPUT = 2
 PARAMS_FILE = {"dit": "dit_params.safetensors", "vae": "vae_params.safetensors"}
 
 
@@ -145,21 +145,16 @@ def run_export(model: str, config, input_path: str, output: str, dtype: str | No
     return paths
 
 
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_BAD_INPUT)
-
-
 def main(argv: list[str]) -> None:
+    from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
     from cosmos_policy_jax.convert.core import WeightImportError
-    from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 
     if len(argv) != 2 or argv[1] not in ("import", "export"):
-        _fail(f"expected one command, import or export, got {argv[1:]}")
+        cli.fail(f"expected one command, import or export, got {argv[1:]}")
     if _CONFIG.value is None:
-        _fail("--config is required, e.g. --config=configs/cosmos_policy.py:libero")
+        cli.fail("--config is required, e.g. --config=configs/cosmos_policy.py:libero")
     if not _INPUT.value or not _OUTPUT.value:
-        _fail("--input and --output are required")
+        cli.fail("--input and --output are required")
     try:
         if argv[1] == "import":
             run_import(_MODEL.value, _CONFIG.value, _INPUT.value, _OUTPUT.value, use_ema=_EMA.value)
@@ -175,7 +170,7 @@ def main(argv: list[str]) -> None:
         TypeError,
         OSError,  # an output that cannot be written (disk full, permissions): one line, exit 2
     ) as e:
-        _fail(_one_line(e))
+        cli.fail(_one_line(e))
 
 
 def _one_line(e: Exception, max_items: int = 8) -> str:

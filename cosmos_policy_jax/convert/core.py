@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cosmos_policy_jax.convert.torch_pickle import load_torch_file
+from cosmos_policy_jax.common.files import atomic_path
+from cosmos_policy_jax.common.torch_pickle import load_torch_file
 
 Path = tuple[str | int, ...]
 
@@ -222,11 +223,9 @@ def save_safetensors(
     """Write atomically (temp file + rename) so an interrupted export never leaves a half file."""
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
-    save_file({k: np.asarray(v, order="C") for k, v in state_dict.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
+        save_file({k: np.asarray(v, order="C") for k, v in state_dict.items()}, tmp, metadata=metadata)
 
 
 def save_torch(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -237,7 +236,6 @@ def save_torch(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) ->
         raise RuntimeError(
             "writing .pt needs PyTorch (pip install 'cosmos_policy_jax[torch]'); use .safetensors"
         ) from e
-    path = os.fspath(path)
     tensors = {}
     for k, v in state_dict.items():
         if v.dtype.name == "bfloat16":
@@ -246,6 +244,5 @@ def save_torch(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) ->
             )
         else:
             tensors[k] = torch.from_numpy(np.asarray(v, order="C"))  # keeps 0-d buffers 0-d
-    tmp = path + ".tmp"
-    torch.save(tensors, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)

@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from cosmos_policy_jax.common.paths import expand_required
 from cosmos_policy_jax.data import demo_sim, text_stub
 from cosmos_policy_jax.data.errors import DataError
 
@@ -252,15 +253,6 @@ def _params(num_episodes, num_rollouts, seed, image_size, action_dim, proprio_di
     }
 
 
-def _expand(path: str) -> str:
-    from cosmos_policy_jax.config_lib import expand_path
-
-    expanded, missing = expand_path(path)
-    if missing:
-        raise DataError(f"environment variable(s) {', '.join(missing)} not set in {path!r}")
-    return os.path.abspath(expanded)
-
-
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(key, default)
@@ -272,7 +264,7 @@ def demo_root(dataset_cfg: Any) -> str:
     raw = _get(dataset_cfg, "data_dir", "")
     if not raw:
         raise DataError("dataset.data_dir: required for the demo dataset (<root>/success_only)")
-    data_dir = _expand(raw)
+    data_dir = expand_required(raw, "dataset.data_dir", DataError)
     if os.path.basename(data_dir.rstrip("/")) != "success_only":
         raise DataError(f"dataset.data_dir: a demo dataset lives in <root>/success_only, got {raw!r}")
     root = os.path.dirname(data_dir.rstrip("/"))
@@ -282,7 +274,7 @@ def demo_root(dataset_cfg: Any) -> str:
     }
     for key, want in expected.items():
         value = _get(dataset_cfg, key, "")
-        if value and _expand(value) != want:
+        if value and expand_required(value, f"dataset.{key}", DataError) != want:
             raise DataError(f"dataset.{key}: the demo generator writes {want}, but the config says {value!r}")
     return root
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cosmos_policy_jax.common.errors import first_line
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.sources import _CAMERA_SLOT, Episode, EpisodeSource, _cfg_get
 from cosmos_policy_jax.data.video import VideoFrames, probe
@@ -127,7 +128,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None = None) -> Any:
     try:
         schema = pa.parquet.read_schema(path)
     except Exception as e:
-        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable parquet file ({first_line(e)})") from None
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
         if missing:
@@ -135,7 +136,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None = None) -> Any:
     try:
         return pa.parquet.read_table(path, columns=list(columns) if columns is not None else None)
     except Exception as e:
-        raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0]})") from None
+        raise DataError(f"{path}: cannot read parquet ({first_line(e)})") from None
 
 
 def column_array(table: Any, key: str, path: str) -> np.ndarray:

@@ -40,6 +40,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from cosmos_policy_jax.common.paths import expand_required
 from cosmos_policy_jax.data import workers
 from cosmos_policy_jax.data.errors import DataError
 
@@ -53,16 +54,11 @@ STATE_VERSION = 1
 
 def _expanded(dataset_cfg: Any) -> dict[str, Any]:
     """Plain-dict copy of a dataset config with ``${VAR}``/``~`` expanded in its path fields."""
-    from cosmos_policy_jax.config_lib import expand_path
-
     cfg = dict(dataset_cfg.to_dict()) if hasattr(dataset_cfg, "to_dict") else dict(dataset_cfg)
     for key in ("data_dir", "rollout_data_dir", "t5_text_embeddings_path"):
         value = cfg.get(key)
         if isinstance(value, str) and value:
-            expanded, missing = expand_path(value)
-            if missing:
-                raise DataError(f"dataset.{key}: environment variable(s) {', '.join(missing)} not set ({value})")
-            cfg[key] = expanded
+            cfg[key] = expand_required(value, f"dataset.{key}", DataError)
     return cfg
 
 

@@ -41,6 +41,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from cosmos_policy_jax.common.errors import first_line as _first_line
 from cosmos_policy_jax.data import statistics as stats_lib
 from cosmos_policy_jax.data import transforms
 from cosmos_policy_jax.data.epoch import EpochStructure, StepIndex, calculate_epoch_structure
@@ -113,11 +114,6 @@ def _open_h5(path: str) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path}: cannot open HDF5 file ({_first_line(e)})") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _attr_str(value: Any) -> str:

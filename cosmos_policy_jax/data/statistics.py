@@ -13,11 +13,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from cosmos_policy_jax.common.files import atomic_write_json
 from cosmos_policy_jax.data.errors import DataError
 
 STATS_FILE = "dataset_statistics.json"
@@ -52,18 +52,7 @@ def compute_statistics(actions: Sequence[np.ndarray], proprio: Sequence[np.ndarr
 
 def save_statistics(stats: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write statistics as JSON lists (float64 values), atomically (temp file + rename)."""
-    path = os.fspath(path)
-    payload = {k: np.asarray(v).tolist() for k, v in stats.items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_stats_", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=4)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_json(path, {k: np.asarray(v).tolist() for k, v in stats.items()}, indent=4)
 
 
 def load_statistics(path: str | os.PathLike, action_dim: int | None = None, proprio_dim: int | None = None) -> dict:

@@ -25,10 +25,9 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from cosmos_policy_jax import cli
 from cosmos_policy_jax.data import statistics as stats_lib
 from cosmos_policy_jax.data.errors import DataError
-
-EXIT_BAD_INPUT = 2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and arg, e.g. configs/cosmos_policy.py:lerobot")
 _SECTION = flags.DEFINE_string("section", "dataloader_train", "Loader section whose dataset to use.")
@@ -139,14 +138,12 @@ def run(config: Any, *, section: str = "dataloader_train", overwrite: bool = Tru
 def main(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None:
-        print("error: --config is required, e.g. --config=configs/cosmos_policy.py:lerobot", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        cli.fail("--config is required, e.g. --config=configs/cosmos_policy.py:lerobot")
     try:
         for path in run(_CONFIG.value, section=_SECTION.value, overwrite=_OVERWRITE.value):
             print(path)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        cli.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Formats (chosen by file extension):
 
 * ``.pkl`` / ``.pickle``: the reference's ``t5_embeddings.pkl``, a plain pickle of
   ``{instruction: torch tensor (1, L, D)}`` (bf16 in production). Read without PyTorch through the
-  restricted unpickler of ``convert/torch_pickle.py`` (a pickle asking for anything but tensor
+  restricted unpickler of ``common/torch_pickle.py`` (a pickle asking for anything but tensor
   rebuilding is refused). Written in the same layout, so PyTorch code can ``pickle.load`` it.
 * ``.safetensors``: one tensor per instruction, the instruction string being the tensor name; stored
   as float32 (bf16 input is widened losslessly); metadata ``{"format": "cosmos_policy_t5_embeddings"}``.
@@ -36,6 +36,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from cosmos_policy_jax.common.files import atomic_path, atomic_write_bytes
 from cosmos_policy_jax.data.errors import DataError
 
 _PICKLE_EXTS = (".pkl", ".pickle")
@@ -68,7 +69,7 @@ def load_t5_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Raises ``DataError`` (one line, naming the file) for a missing/unreadable file or a pickle that
     references anything other than tensor rebuilding.
     """
-    from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_file
+    from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_file
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -176,21 +177,21 @@ def save_t5_embeddings(embeddings: dict[str, np.ndarray], path: str | os.PathLik
     path = os.fspath(path)
     ext = _ext(path)
     clean = {str(k): np.asarray(v) for k, v in embeddings.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    if ext in _PICKLE_EXTS:
-        with open(tmp, "wb") as f:
-            f.write(_dump_reference_pickle(clean))
-    elif ext == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({k: v.astype(np.float32) for k, v in clean.items()}, tmp, metadata={"format": _SAFETENSORS_FORMAT})
-    elif ext == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: v.astype(np.float32) for k, v in clean.items()})
-    else:
+    if ext not in (*_PICKLE_EXTS, ".safetensors", ".npz"):
         raise ValueError(f"unknown T5 embeddings format {ext!r} for {path} (use .pkl, .safetensors or .npz)")
-    os.replace(tmp, path)
+    if ext in _PICKLE_EXTS:
+        atomic_write_bytes(path, _dump_reference_pickle(clean))
+        return
+    with atomic_path(path) as tmp:
+        if ext == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(
+                {k: v.astype(np.float32) for k, v in clean.items()}, tmp, metadata={"format": _SAFETENSORS_FORMAT}
+            )
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: v.astype(np.float32) for k, v in clean.items()})
 
 
 def squeeze_embedding(arr: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_policy_jax.common.errors import first_line
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.open_files import OpenFiles
 
@@ -29,11 +30,6 @@ def _av() -> Any:
         raise DataError("reading LeRobot videos needs PyAV: pip install 'cosmos_policy_jax[lerobot]'") from e
     av.logging.set_level(av.logging.PANIC)  # decoder chatter on stderr; errors still raise
     return av
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ def probe(path: str, what: str = "", *, until: float | None = None, fps: float =
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{path}: cannot open video{label} ({_first_line(e)})") from e
+        raise DataError(f"{path}: cannot open video{label} ({first_line(e)})") from e
 
 
 def _has_packet_at(c: Any, stream: Any, t: float, tol: float) -> bool:
@@ -95,7 +91,7 @@ def _open_video(path: str, what: str) -> Any:
     try:
         c = _av().open(path)
     except Exception as e:
-        raise DataError(f"{path}: cannot open video ({what}) ({_first_line(e)})") from e
+        raise DataError(f"{path}: cannot open video ({what}) ({first_line(e)})") from e
     if not c.streams.video:
         c.close()
         raise DataError(f"{path}: no video stream ({what})")
@@ -128,7 +124,7 @@ class VideoFrames:
                 raise
             except Exception as e:
                 self._drop(path)
-                raise DataError(f"{path}: cannot decode frame at {timestamp:.3f}s ({what}) ({_first_line(e)})") from e
+                raise DataError(f"{path}: cannot decode frame at {timestamp:.3f}s ({what}) ({first_line(e)})") from e
 
     def _drop(self, path: str) -> None:
         self._containers.drop(path)

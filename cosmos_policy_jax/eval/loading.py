@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_policy_jax.config_lib import expand_path
+from cosmos_policy_jax.common.errors import first_line
+from cosmos_policy_jax.common.paths import expand_required
 from cosmos_policy_jax.data import statistics as stats_lib
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.eval.errors import EvalInputError
@@ -76,7 +77,7 @@ def _restore_orbax_params(step_dir: str, abstract: Any, use_ema: bool | None) ->
             ),
         )
     except Exception as e:
-        raise EvalInputError(f"{state_dir}: cannot restore {key} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise EvalInputError(f"{state_dir}: cannot restore {key} ({type(e).__name__}: {first_line(e)})") from e
     from cosmos_policy_jax.training import checkpoint as ckpt_lib
 
     try:  # the trainer's fingerprint: a damaged checkpoint must not be evaluated as if it were good
@@ -116,9 +117,9 @@ def load_dit_params(path: str, abstract_params: Any, *, use_ema: bool | None = N
     ``use_ema``: None picks EMA parameters when an orbax checkpoint has them; True/False forces
     (for ``.pt`` files True reads the ``net_ema.`` keys).
     """
+    from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
     from cosmos_policy_jax.convert import dit as dit_convert
     from cosmos_policy_jax.convert.core import WeightImportError
-    from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 
     path, step_dir, export = _resolve_checkpoint(path)
     if export:
@@ -155,10 +156,7 @@ def _is_nnx_params_file(path: str) -> bool:
 
 
 def expand(path: str, what: str) -> str:
-    expanded, missing = expand_path(path)
-    if missing:
-        raise EvalInputError(f"{what}: environment variable(s) {', '.join(missing)} not set in {path!r}")
-    return os.path.abspath(expanded)
+    return expand_required(path, what, EvalInputError)
 
 
 def load_eval_statistics(dataset_cfg: Any, stats_path: str | None) -> tuple[dict[str, np.ndarray], str]:

@@ -21,12 +21,15 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from cosmos_policy_jax import cli
+from cosmos_policy_jax.common.files import atomic_write_json
+from cosmos_policy_jax.common.plain import to_plain
 from cosmos_policy_jax.eval import preprocess
 from cosmos_policy_jax.eval.errors import EvalInputError
 
@@ -185,25 +188,9 @@ def _default_output(config: Any, opts: EvalOptions) -> str:
     return os.path.join("outputs", "eval", name)
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-# ------------------------------------------------------------------------------------------------
-# The evaluation
-# ------------------------------------------------------------------------------------------------
-
-
-def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
-    """Run the whole evaluation described by ``config`` and ``opts``; returns (and writes) the report."""
+def _check_inputs(config: Any, opts: EvalOptions) -> str:
+    """Everything that can be checked before loading anything; returns the (created) output directory."""
     from cosmos_policy_jax import config_lib
-    from cosmos_policy_jax.eval import media, rollout
 
     config_lib.resolve(config)
     if opts.policy == "model":  # before anything is loaded: the VAE file, a checkpoint of other sizes/layout
@@ -213,8 +200,7 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
         if vae and not os.path.exists(vae):
             raise EvalInputError(f"model.tokenizer.load_path: not found: {vae}{config_lib.download_hint(vae)}")
         check_checkpoint_matches(opts.checkpoint, config)
-    ds = _dataset_cfg(config)
-    kind = ds.kind
+    kind = _dataset_cfg(config).kind
     if kind not in ("demo", "libero"):
         raise EvalInputError(f"closed-loop evaluation supports the demo and libero configs, not dataset.kind={kind!r}")
     output = opts.output or _default_output(config, opts)
@@ -224,62 +210,52 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
             raise PermissionError(13, "not writable")
     except OSError as e:
         raise EvalInputError(f"--output {output}: cannot write results there ({e.strerror or e})") from e
+    return output
 
-    policy, policy_meta, embed, stats_path = _build_policy(config, opts)
-    env, episodes, env_meta, demo_jpeg = (_demo_setup if kind == "demo" else _libero_setup)(config, opts)
-    try:
-        spec = _image_spec(config, opts, kind, demo_jpeg)
-        open_loop = int(opts.num_open_loop_steps or config.model.sampler.num_open_loop_steps)
-        chunk = int(ds.chunk_size)
-        if open_loop > chunk:
-            raise EvalInputError(f"num_open_loop_steps={open_loop} exceeds the action chunk size {chunk}")
+
+def _open_loop_steps(config: Any, opts: EvalOptions) -> tuple[int, int]:
+    """(actions executed per chunk, chunk size)."""
+    open_loop = int(opts.num_open_loop_steps or config.model.sampler.num_open_loop_steps)
+    chunk = int(_dataset_cfg(config).chunk_size)
+    if open_loop > chunk:
+        raise EvalInputError(f"num_open_loop_steps={open_loop} exceeds the action chunk size {chunk}")
+    return open_loop, chunk
+
+
+def _episode_writer(output: str, opts: EvalOptions, env_meta: dict[str, Any], log) -> Callable[[Any], None]:
+    """The ``on_episode`` hook: one ``episodes.jsonl`` row (the file starts empty), the rollout file, a log line."""
+    jsonl = os.path.join(output, "episodes.jsonl")
+    open(jsonl, "w").close()
+
+    def on_episode(res: Any) -> None:
+        row = {
+            "index": res.spec.index,
+            "task": res.spec.task,
+            "task_id": res.spec.task_id,
+            "trial": res.spec.trial,
+            "seed": res.spec.seed,
+            "instruction": res.instruction,
+            "success": res.success,
+            "length": res.length,
+            "values": [round(v, 4) for v in res.values],
+            "error": res.error,
+        }
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if opts.save_rollouts:
+            from cosmos_policy_jax.eval.rollout_writer import write_rollout
+
+            write_rollout(opts.save_rollouts, res, suite=env_meta.get("task_suite") or env_meta["env"], tag=opts.policy)
+            res.steps = None
         log(
-            f"[eval] {len(episodes)} episodes on {env_meta['env']} with {opts.num_envs} env(s), policy={opts.policy}, "
-            f"open loop {open_loop}/{chunk}, images {spec}"
+            f"[eval] episode {res.spec.index}: {res.instruction!r} trial {res.spec.trial}: success={res.success} length={res.length}"
         )
-        jsonl = os.path.join(output, "episodes.jsonl")
-        open(jsonl, "w").close()
 
-        def on_episode(res: rollout.EpisodeResult) -> None:
-            row = {
-                "index": res.spec.index,
-                "task": res.spec.task,
-                "task_id": res.spec.task_id,
-                "trial": res.spec.trial,
-                "seed": res.spec.seed,
-                "instruction": res.instruction,
-                "success": res.success,
-                "length": res.length,
-                "values": [round(v, 4) for v in res.values],
-                "error": res.error,
-            }
-            with open(jsonl, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if opts.save_rollouts:
-                from cosmos_policy_jax.eval.rollout_writer import write_rollout
+    return on_episode
 
-                write_rollout(
-                    opts.save_rollouts, res, suite=env_meta.get("task_suite") or env_meta["env"], tag=opts.policy
-                )
-                res.steps = None
-            log(
-                f"[eval] episode {res.spec.index}: {res.instruction!r} trial {res.spec.trial}: success={res.success} length={res.length}"
-            )
 
-        results, timing = rollout.run_episodes(
-            env,
-            policy,
-            episodes,
-            num_open_loop_steps=open_loop,
-            embed=embed,
-            image_spec=spec,
-            record=lambda s: s.index < opts.save_videos,
-            on_episode=on_episode,
-            seed=opts.seed,
-            keep_steps=lambda s: bool(opts.save_rollouts),
-        )
-    finally:
-        env.close()
+def _save_videos(results: list[Any], output: str) -> list[str]:
+    from cosmos_policy_jax.eval import media
 
     videos = []
     for res in results:
@@ -290,21 +266,16 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
             )
             videos.append(media.save_gif(frames, stem + ".gif"))
             videos.append(media.save_strip(frames, stem + ".png"))
+    return videos
+
+
+def _report(results: list[Any], timing: Any, settings: dict[str, Any], videos: list[str], output: str) -> dict:
+    from cosmos_policy_jax.eval import rollout
+
     report = {
         "summary": rollout.summarize(results),
-        "timing": timing.summary(opts.num_envs),
-        "settings": {
-            "config": config.get("config_arg", ""),
-            "checkpoint": opts.checkpoint,
-            "stats": stats_path,
-            "seed": opts.seed,
-            "num_envs": opts.num_envs,
-            "num_open_loop_steps": open_loop,
-            "chunk_size": chunk,
-            "image_preprocessing": dataclasses.asdict(spec),
-            **env_meta,
-            **policy_meta,
-        },
+        "timing": timing.summary(settings["num_envs"]),
+        "settings": settings,
         "episodes": [
             {
                 "index": r.spec.index,
@@ -320,9 +291,10 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
         "videos": videos,
         "output": os.path.abspath(output),
     }
-    report = _jsonable(report)
-    with open(os.path.join(output, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    return to_plain(report)
+
+
+def _log_summary(report: dict[str, Any], output: str, log) -> None:
     s, t = report["summary"], report["timing"]
     if len(s["per_task"]) > 1:
         for name, row in s["per_task"].items():
@@ -334,6 +306,57 @@ def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
         f"{s['mean_length']:.1f}; policy {t['policy_s_per_call']} s/call (first {t['policy_first_call_s']} s), "
         f"env {t['env_steps_per_s']} steps/s; results in {os.path.join(output, 'results.json')}"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate(config: Any, opts: EvalOptions, *, log=print) -> dict[str, Any]:
+    """Run the whole evaluation described by ``config`` and ``opts``; returns (and writes) the report."""
+    from cosmos_policy_jax.eval import rollout
+
+    output = _check_inputs(config, opts)
+    kind = _dataset_cfg(config).kind
+    policy, policy_meta, embed, stats_path = _build_policy(config, opts)
+    env, episodes, env_meta, demo_jpeg = (_demo_setup if kind == "demo" else _libero_setup)(config, opts)
+    try:
+        spec = _image_spec(config, opts, kind, demo_jpeg)
+        open_loop, chunk = _open_loop_steps(config, opts)
+        log(
+            f"[eval] {len(episodes)} episodes on {env_meta['env']} with {opts.num_envs} env(s), policy={opts.policy}, "
+            f"open loop {open_loop}/{chunk}, images {spec}"
+        )
+        results, timing = rollout.run_episodes(
+            env,
+            policy,
+            episodes,
+            num_open_loop_steps=open_loop,
+            embed=embed,
+            image_spec=spec,
+            record=lambda s: s.index < opts.save_videos,
+            on_episode=_episode_writer(output, opts, env_meta, log),
+            seed=opts.seed,
+            keep_steps=lambda s: bool(opts.save_rollouts),
+        )
+    finally:
+        env.close()
+    settings = {
+        "config": config.get("config_arg", ""),
+        "checkpoint": opts.checkpoint,
+        "stats": stats_path,
+        "seed": opts.seed,
+        "num_envs": opts.num_envs,
+        "num_open_loop_steps": open_loop,
+        "chunk_size": chunk,
+        "image_preprocessing": dataclasses.asdict(spec),
+        **env_meta,
+        **policy_meta,
+    }
+    report = _report(results, timing, settings, _save_videos(results, output), output)
+    atomic_write_json(os.path.join(output, "results.json"), report, indent=2)
+    _log_summary(report, output, log)
     return report
 
 
@@ -380,98 +403,63 @@ def _define_flags():
     planning_flags.define_flags()  # best-of-N planning, the reference's flag names (docs/planning.md)
     flags.DEFINE_string(
         "compilation_cache",
-        os.environ.get(
-            "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "cosmos_policy_jax", "jax")
-        ),
+        cli.default_compilation_cache(),
         "Persistent XLA compilation cache directory, shared with training ('' to disable)",
     )
 
 
-def _tri(value: str) -> bool | None:
-    return None if value == "auto" else value == "true"
+def _options(f: Any) -> EvalOptions:
+    """The options of the parsed flags (``EvalOptions`` checks them)."""
+    from cosmos_policy_jax.planning import flags as planning_flags
+
+    return EvalOptions(
+        checkpoint=f.checkpoint,
+        policy=f.policy,
+        server=f.server,
+        episodes=f.episodes,
+        seed=f.seed,
+        num_envs=f.num_envs,
+        save_videos=f.save_videos,
+        output=f.output,
+        stats=f.stats,
+        t5=f.t5,
+        task_suite=f.task_suite,
+        task_ids=tuple(int(t) for t in f.task_ids),
+        trials_per_task=f.trials_per_task,
+        max_steps=f.max_steps,
+        num_open_loop_steps=f.num_open_loop_steps,
+        num_steps=f.num_steps,
+        use_ema=cli.tri_state(f.use_ema),
+        jpeg_quality=None if f.jpeg_quality == 0 else f.jpeg_quality,
+        center_crop=cli.tri_state(f.center_crop),
+        flip=cli.tri_state(f.flip),
+        env_processes=cli.tri_state(f.env_processes),
+        planning=planning_flags.config_from_flags(f, f.num_steps or f.config.model.sampler.num_steps),
+        planning_checkpoint=f.planning_checkpoint,
+        save_rollouts=f.save_rollouts,
+    )
 
 
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from cosmos_policy_jax import config_lib
-    from cosmos_policy_jax.planning import flags as planning_flags
-
     f = flags.FLAGS
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+    cli.reject_positional(argv)
     if f.config is None:
-        print("error: --config is required, e.g. --config=configs/cosmos_policy.py:demo", file=sys.stderr)
-        return 2
-    if not f["verbosity"].present:  # orbax/jax INFO lines would bury the episode lines
-        from absl import logging
-
-        logging.set_verbosity(logging.WARNING)
-    if f.compilation_cache:
-        import jax
-
-        # Compiling the model (and the random VAE init of the demo config) takes minutes on a CPU.
-        jax.config.update("jax_compilation_cache_dir", f.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        cli.fail("--config is required, e.g. --config=configs/cosmos_policy.py:demo")
+    cli.quiet_logging()  # orbax/jax INFO lines would bury the episode lines
+    # Compiling the model (and the random VAE init of the demo config) takes minutes on a CPU.
+    cli.enable_compilation_cache(f.compilation_cache)
     try:
-        opts = EvalOptions(
-            checkpoint=f.checkpoint,
-            policy=f.policy,
-            server=f.server,
-            episodes=f.episodes,
-            seed=f.seed,
-            num_envs=f.num_envs,
-            save_videos=f.save_videos,
-            output=f.output,
-            stats=f.stats,
-            t5=f.t5,
-            task_suite=f.task_suite,
-            task_ids=tuple(int(t) for t in f.task_ids),
-            trials_per_task=f.trials_per_task,
-            max_steps=f.max_steps,
-            num_open_loop_steps=f.num_open_loop_steps,
-            num_steps=f.num_steps,
-            use_ema=_tri(f.use_ema),
-            jpeg_quality=None if f.jpeg_quality == 0 else f.jpeg_quality,
-            center_crop=_tri(f.center_crop),
-            flip=_tri(f.flip),
-            env_processes=_tri(f.env_processes),
-            planning=planning_flags.config_from_flags(f, f.num_steps or f.config.model.sampler.num_steps),
-            planning_checkpoint=f.planning_checkpoint,
-            save_rollouts=f.save_rollouts,
-        )
-        evaluate(f.config, opts)
-    except (EvalInputError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing with bad flags or config overrides reported as one line (exit 2)."""
-    from absl import flags
-
-    from cosmos_policy_jax import config_lib
-
-    try:
-        return flags.FLAGS(config_lib.locate_config_flag(argv))
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        print(f"error: bad command line: {first}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        evaluate(f.config, _options(f))
+    except Exception as e:
+        if not cli.is_bad_input(e, also=(ValueError,)):
+            raise
+        cli.print_error(cli.describe(e))
+        return cli.EXIT_BAD_INPUT
+    return cli.EXIT_OK
 
 
 def run() -> None:
-    from absl import app
-
-    from cosmos_policy_jax import xla_env
-
-    xla_env.configure_process()  # before any backend starts, as in train
-    _define_flags()
     # --help lists the flags of the main module (``eval/__main__.py``): list ours there.
-    from absl import flags
-
-    for flag in flags.FLAGS.flags_by_module_dict().get(__name__, []):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    cli.run(main, define_flags=_define_flags, help_module=__name__)

@@ -115,6 +115,130 @@ def _fill_idle(x: np.ndarray, active: np.ndarray) -> np.ndarray:
     return x
 
 
+@dataclasses.dataclass
+class _Wave:
+    """One wave: up to M episodes stepping together, and what is kept of them."""
+
+    specs: list[EpisodeSpec | None]  # per slot; None: idle
+    active: np.ndarray  # (M,) slots with an episode
+    texts: list[str]  # instruction per slot
+    emb: np.ndarray  # (M, L, D) text embeddings (idle slots repeat the first active one)
+    obs: Observation
+    done: np.ndarray  # (M,) idle slots start done
+    success: np.ndarray
+    lengths: np.ndarray
+    values: list[list[float]]
+    frames: list[dict[str, list[np.ndarray]] | None]  # display frames of recorded episodes
+    kept: list[dict[str, Any] | None]  # steps kept for rollout files
+    queue: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))  # (M, open loop, dim)
+    pos: int = 0  # next action of the queue
+
+
+def _start_wave(env: VecEnv, specs: list[EpisodeSpec | None], embedding: Callable[[str], np.ndarray],
+                image_spec: preprocess.ImagePreprocessing, record: Callable[[EpisodeSpec], bool],
+                keep_steps: Callable[[EpisodeSpec], bool], timing: Timing) -> _Wave:  # fmt: skip
+    m = env.num_envs
+    specs = specs + [None] * (m - len(specs))
+    active = np.array([s is not None for s in specs])
+    t0 = time.perf_counter()
+    obs = env.reset(specs)
+    timing.reset_s += time.perf_counter() - t0
+    texts = env.instructions()
+    first = texts[int(np.flatnonzero(active)[0])]
+    return _Wave(
+        specs=specs,
+        active=active,
+        texts=texts,
+        emb=np.stack([embedding(texts[i] if active[i] else first) for i in range(m)]),
+        obs=obs,
+        done=~active,
+        success=np.zeros(m, bool),
+        lengths=np.zeros(m, np.int64),
+        values=[[] for _ in range(m)],
+        frames=[
+            {k: [_display(v[i], image_spec)] for k, v in obs.images.items()} if s is not None and record(s) else None
+            for i, s in enumerate(specs)
+        ],
+        kept=[
+            {"images": {k: [] for k in obs.images}, "proprio": [], "actions": []}
+            if s is not None and keep_steps(s)
+            else None
+            for s in specs
+        ],
+    )
+
+
+def _query(policy: Policy, wave: _Wave, image_spec: preprocess.ImagePreprocessing, seed: int,
+           num_open_loop_steps: int, timing: Timing) -> None:  # fmt: skip
+    """One batched policy call for all slots; refills the action queue."""
+    m = len(wave.specs)
+    t0 = time.perf_counter()
+    images = {
+        k: preprocess.preprocess_images(_fill_idle(v, wave.active), image_spec) for k, v in wave.obs.images.items()
+    }
+    batch = PolicyInput(images=images, proprio=_fill_idle(wave.obs.proprio, wave.active), embedding=wave.emb)
+    t1 = time.perf_counter()
+    out = policy(batch, seed=seed)
+    t2 = time.perf_counter()
+    timing.preprocess_s += t1 - t0
+    if timing.policy_calls == 0:
+        timing.first_call_s = t2 - t1
+    else:
+        timing.policy_s += t2 - t1
+    timing.policy_calls += 1
+    actions = np.asarray(out.actions)
+    if actions.ndim != 3 or actions.shape[0] != m:
+        raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({m}, chunk, dim)")
+    wave.queue = actions[:, :num_open_loop_steps]
+    wave.pos = 0
+    if out.value is not None:
+        for i in np.flatnonzero(~wave.done):
+            wave.values[i].append(float(out.value[i]))
+
+
+def _step(env: VecEnv, wave: _Wave, image_spec: preprocess.ImagePreprocessing, timing: Timing) -> None:
+    """Execute the next queued action in every slot (finished slots ignore it)."""
+    running = ~wave.done
+    for i in np.flatnonzero(running):
+        if wave.kept[i] is not None:
+            for k, v in wave.obs.images.items():
+                wave.kept[i]["images"][k].append(_display(v[i], image_spec))
+            wave.kept[i]["proprio"].append(np.array(wave.obs.proprio[i]))
+            wave.kept[i]["actions"].append(np.array(wave.queue[i, wave.pos]))
+    t0 = time.perf_counter()
+    wave.obs, step_done, step_success = env.step(wave.queue[:, wave.pos])
+    timing.env_s += time.perf_counter() - t0
+    wave.pos += 1
+    timing.env_steps += int(running.sum())
+    wave.lengths[running] += 1
+    wave.success |= running & np.asarray(step_success, bool)
+    wave.done |= np.asarray(step_done, bool)
+    for i in np.flatnonzero(running):
+        if wave.frames[i] is not None:
+            for k, v in wave.obs.images.items():
+                wave.frames[i][k].append(_display(v[i], image_spec))
+
+
+def _wave_results(env: VecEnv, wave: _Wave) -> list[EpisodeResult]:
+    errors = getattr(env, "errors", None) or [None] * len(wave.specs)
+    results = []
+    for i, spec in enumerate(wave.specs):
+        if spec is not None:
+            results.append(
+                EpisodeResult(
+                    spec,
+                    wave.texts[i],
+                    bool(wave.success[i]),
+                    int(wave.lengths[i]),
+                    values=wave.values[i],
+                    frames=wave.frames[i],
+                    error=errors[i],
+                    steps=wave.kept[i],
+                )
+            )
+    return results
+
+
 def run_episodes(
     env: VecEnv,
     policy: Policy,
@@ -149,82 +273,12 @@ def run_episodes(
         return cache[text]
 
     for start in range(0, len(episodes), m):
-        wave: list[EpisodeSpec | None] = list(episodes[start : start + m])
-        wave += [None] * (m - len(wave))
-        active = np.array([s is not None for s in wave])
-        t0 = time.perf_counter()
-        obs = env.reset(wave)
-        timing.reset_s += time.perf_counter() - t0
-        texts = env.instructions()
-        first = texts[int(np.flatnonzero(active)[0])]
-        emb = np.stack([embedding(texts[i] if active[i] else first) for i in range(m)])
-        done = ~active
-        success = np.zeros(m, bool)
-        lengths = np.zeros(m, np.int64)
-        values: list[list[float]] = [[] for _ in range(m)]
-        frames = [
-            {k: [_display(v[i], image_spec)] for k, v in obs.images.items()} if s is not None and record(s) else None
-            for i, s in enumerate(wave)
-        ]
-        kept = [
-            {"images": {k: [] for k in obs.images}, "proprio": [], "actions": []}
-            if s is not None and keep_steps(s)
-            else None
-            for s in wave
-        ]
-        queue = np.zeros((m, 0, 0))
-        pos = 0
-        while not done.all():
-            if pos >= queue.shape[1]:
-                t0 = time.perf_counter()
-                images = {
-                    k: preprocess.preprocess_images(_fill_idle(v, active), image_spec) for k, v in obs.images.items()
-                }
-                batch = PolicyInput(images=images, proprio=_fill_idle(obs.proprio, active), embedding=emb)
-                t1 = time.perf_counter()
-                out = policy(batch, seed=seed)
-                t2 = time.perf_counter()
-                timing.preprocess_s += t1 - t0
-                if timing.policy_calls == 0:
-                    timing.first_call_s = t2 - t1
-                else:
-                    timing.policy_s += t2 - t1
-                timing.policy_calls += 1
-                actions = np.asarray(out.actions)
-                if actions.ndim != 3 or actions.shape[0] != m:
-                    raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({m}, chunk, dim)")
-                queue = actions[:, :num_open_loop_steps]
-                pos = 0
-                if out.value is not None:
-                    for i in np.flatnonzero(~done):
-                        values[i].append(float(out.value[i]))
-            running = ~done
-            for i in np.flatnonzero(running):
-                if kept[i] is not None:
-                    for k, v in obs.images.items():
-                        kept[i]["images"][k].append(_display(v[i], image_spec))
-                    kept[i]["proprio"].append(np.array(obs.proprio[i]))
-                    kept[i]["actions"].append(np.array(queue[i, pos]))
-            t0 = time.perf_counter()
-            obs, step_done, step_success = env.step(queue[:, pos])
-            timing.env_s += time.perf_counter() - t0
-            pos += 1
-            timing.env_steps += int(running.sum())
-            lengths[running] += 1
-            success |= running & np.asarray(step_success, bool)
-            done |= np.asarray(step_done, bool)
-            for i in np.flatnonzero(running):
-                if frames[i] is not None:
-                    for k, v in obs.images.items():
-                        frames[i][k].append(_display(v[i], image_spec))
-        errors = getattr(env, "errors", None) or [None] * m
-        for i, spec in enumerate(wave):
-            if spec is None:
-                continue
-            res = EpisodeResult(
-                spec, texts[i], bool(success[i]), int(lengths[i]), values=values[i], frames=frames[i], error=errors[i],
-                steps=kept[i],
-            )  # fmt: skip
+        wave = _start_wave(env, list(episodes[start : start + m]), embedding, image_spec, record, keep_steps, timing)
+        while not wave.done.all():
+            if wave.pos >= wave.queue.shape[1]:
+                _query(policy, wave, image_spec, seed, num_open_loop_steps, timing)
+            _step(env, wave, image_spec, timing)
+        for res in _wave_results(env, wave):
             results.append(res)
             if on_episode is not None:
                 on_episode(res)

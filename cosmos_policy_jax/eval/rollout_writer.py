@@ -15,6 +15,7 @@ import time
 import h5py
 import numpy as np
 
+from cosmos_policy_jax.common.files import atomic_path
 from cosmos_policy_jax.eval.rollout import EpisodeResult
 
 # Latent-layout camera slot -> dataset name in a rollout file (the LIBERO / demo rollout readers).
@@ -38,13 +39,12 @@ def write_rollout(directory: str, res: EpisodeResult, *, suite: str, tag: str = 
     os.makedirs(directory, exist_ok=True)
     date = date or time.strftime("%Y_%m_%d-%H_%M_%S")
     path = os.path.join(directory, rollout_file_name(res, suite, tag, date))
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
+    # A crash never leaves a half-written episode under a readable name.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for slot, frames in res.steps["images"].items():
             f.create_dataset(CAMERA_KEYS[slot], data=np.stack(frames).astype(np.uint8), compression="gzip")
         f.create_dataset("proprio", data=np.stack(res.steps["proprio"]).astype(np.float32))
         f.create_dataset("actions", data=np.stack(res.steps["actions"]).astype(np.float32))
         f.attrs["success"] = bool(res.success)
         f.attrs["task_description"] = res.instruction
-    os.replace(tmp, path)  # a crash never leaves a half-written episode under a readable name
     return path

@@ -459,7 +459,7 @@ def _existing(path: str) -> str:
     then need an encoder or an ``embedding`` in the request)."""
     import os
 
-    from cosmos_policy_jax.config_lib import expand_path
+    from cosmos_policy_jax.common.paths import expand_path
 
     expanded, missing = expand_path(path or "")
     return expanded if expanded and not missing and os.path.isfile(expanded) else ""

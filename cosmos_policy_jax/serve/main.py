@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
+from cosmos_policy_jax import cli
 from cosmos_policy_jax.eval.errors import EvalInputError
 from cosmos_policy_jax.serve.service import LOCAL_HOSTS, PolicyService
 
@@ -57,7 +57,7 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         config=config,
         stats=opts.stats or None,
         t5=opts.t5 or None,
-        use_ema=None if opts.use_ema == "auto" else opts.use_ema == "true",
+        use_ema=cli.tri_state(opts.use_ema),
         num_steps=opts.num_steps,
         seed=opts.seed,
         batch_size=opts.max_batch,
@@ -68,7 +68,7 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         from cosmos_policy_jax.planning.policy import planning_policy_from_model
 
         model = (policy.net_def, policy.net_state, policy.vae_def, policy.vae_state)
-        use_ema = None if opts.use_ema == "auto" else opts.use_ema == "true"
+        use_ema = cli.tri_state(opts.use_ema)
         planner, _ = planning_policy_from_model(
             policy.config, model, {}, policy.stats, planning, opts.planning_checkpoint, use_ema
         )
@@ -165,25 +165,16 @@ def _example(policy) -> dict:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from cosmos_policy_jax import config_lib
-
     f = flags.FLAGS
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+    cli.reject_positional(argv)
     try:
         return serve(f, f.config)
-    except (EvalInputError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+    except Exception as e:
+        if not cli.is_bad_input(e, also=(ValueError,)):
+            raise
+        cli.print_error(cli.describe(e))
+        return cli.EXIT_BAD_INPUT
 
 
 def run() -> None:
-    from absl import app
-
-    from cosmos_policy_jax import xla_env
-    from cosmos_policy_jax.eval.main import _parse_flags
-
-    xla_env.configure_process()
-    _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    cli.run(main, define_flags=_define_flags)

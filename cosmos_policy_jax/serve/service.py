@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_policy_jax.common.errors import first_line
 from cosmos_policy_jax.policy.api import CosmosPolicy, ObservationError
 from cosmos_policy_jax.serve.batching import Batcher, Stats
 
@@ -63,9 +64,7 @@ class PolicyService:
             except RuntimeError as e:
                 raise RequestError(503, str(e)) from e
             except Exception as e:  # a failed model call: the request's fault is unknown, the server's state is fine
-                raise RequestError(
-                    500, f"policy call failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                ) from e
+                raise RequestError(500, f"policy call failed: {type(e).__name__}: {first_line(e, 200)}") from e
             if not np.all(np.isfinite(result["actions"])):
                 raise RequestError(500, "the policy produced non-finite actions")
             ok = True

@@ -21,6 +21,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from cosmos_policy_jax.common.errors import first_line
+
 _KINDS = "biuf"  # bool, signed, unsigned, float
 
 
@@ -117,4 +119,4 @@ def json_loads(text: str | bytes) -> Any:
     except WireError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise WireError(f"not valid JSON ({str(e).splitlines()[0][:120]})") from e
+        raise WireError(f"not valid JSON ({first_line(e, 120)})") from e

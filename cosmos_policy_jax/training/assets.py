@@ -22,7 +22,10 @@ import shutil
 from typing import Any
 
 import jax
-import numpy as np
+
+from cosmos_policy_jax.common.files import atomic_path, atomic_write_json
+from cosmos_policy_jax.common.paths import expand_path
+from cosmos_policy_jax.common.plain import to_plain
 
 FORMAT = "cosmos_policy_jax.policy_assets/1"
 ASSETS_DIR = "assets"
@@ -38,8 +41,6 @@ def sha256_of(path: str) -> str:
 
 
 def _expanded(path: str) -> str:
-    from cosmos_policy_jax.config_lib import expand_path
-
     expanded, missing = expand_path(path)
     return "" if missing else os.path.abspath(expanded)
 
@@ -50,10 +51,8 @@ def _copy_once(src: str, dst: str, digest: str) -> None:
         return
     if os.path.isfile(dst) and sha256_of(dst) == digest:
         return
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.tmp.{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def build_policy_assets(config: Any, job_dir: str) -> dict[str, Any]:
@@ -83,14 +82,5 @@ def write_export_manifest(config_dict: dict, assets: dict[str, Any] | None, job_
         _copy_once(os.path.join(job_dir, t5["file"]), os.path.join(export_dir, name), t5["sha256"])
         assets["t5_embeddings"] = {**t5, "file": name}
     path = os.path.join(export_dir, EXPORT_MANIFEST)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({**assets, "config": config_dict}, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    atomic_write_json(path, to_plain({**assets, "config": config_dict}), indent=1)
     return path
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic | np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

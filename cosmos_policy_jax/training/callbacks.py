@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from cosmos_policy_jax.common.files import atomic_write_text
+
 
 class Callback:
     """Hooks called by the training loop on process 0 unless ``all_processes`` is True."""
@@ -97,10 +99,7 @@ class MetricsLogger(Callback):
         if len(rows) - len(kept) > sum(r.get("iteration", 0) > iteration for r in rows):
             logging.warning("%s: dropped rows that repeat an iteration", path)
         if len(kept) != len([ln for ln in lines if ln.strip()]):
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept.values())
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept.values()))
 
     def _write(self, kind: str, iteration: int, metrics: dict[str, float]) -> None:
         row = {
@@ -262,8 +261,5 @@ def wandb_run_id(job_dir: str) -> str:
     import uuid
 
     run_id = uuid.uuid4().hex[:16]
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(run_id + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, run_id + "\n")
     return run_id

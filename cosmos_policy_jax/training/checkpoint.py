@@ -34,6 +34,7 @@ from absl import logging
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
+from cosmos_policy_jax.common.errors import first_line
 from cosmos_policy_jax.training import optimizer as opt_lib
 
 STATE = "state"
@@ -122,11 +123,6 @@ def _listing(names: list[str], limit: int = 4) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def _first_line(error: BaseException) -> str:
-    text = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
-    return text.splitlines()[0][:300] if text.splitlines() else text
-
-
 class _ExceptionsAsOneLine(py_logging.Filter):
     """Below INFO verbosity (the CLI's default), an exception logged by orbax's save threads is one line.
 
@@ -138,7 +134,7 @@ class _ExceptionsAsOneLine(py_logging.Filter):
     def filter(self, record: py_logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None and logging.get_verbosity() < logging.INFO:
             error = record.exc_info[1]
-            record.msg = f"{record.getMessage()} ({type(error).__name__}: {_first_line(error)})"
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {first_line(error)})"
             record.args = None
             record.exc_info = record.exc_text = None
         return True
@@ -247,7 +243,7 @@ class Checkpointer:
             step, self._in_flight = self._in_flight, None
             where = self.step_dir(step) if step is not None else self.directory
             raise CheckpointError(
-                f"checkpoint {step}: save to {where} failed ({_first_line(e)}); earlier checkpoints are intact"
+                f"checkpoint {step}: save to {where} failed ({first_line(e)}); earlier checkpoints are intact"
             ) from e
         self._in_flight = None
 
@@ -438,13 +434,13 @@ class Checkpointer:
                     self._quarantine(bad, bad_error)
                 return iteration, convert(got[0]), got[1]
             error = error or RuntimeError("unreadable on another process")
-            msg = f"checkpoint {self.step_dir(iteration)} is unreadable ({type(error).__name__}: {_first_line(error)[:200]})"
+            msg = f"checkpoint {self.step_dir(iteration)} is unreadable ({type(error).__name__}: {first_line(error, 200)})"
             logging.warning("%s; trying the previous checkpoint", msg)
             if jax.process_index() == 0:
                 print(f"warning: {msg}; trying the previous checkpoint", flush=True)
             failed.append((iteration, error))
         if failed:
-            listed = "; ".join(f"{it}: {type(e).__name__}: {_first_line(e)[:120]}" for it, e in failed[:3])
+            listed = "; ".join(f"{it}: {type(e).__name__}: {first_line(e, 120)}" for it, e in failed[:3])
             raise CheckpointError(
                 f"no checkpoint in {self.directory} can be restored ({listed}); nothing was moved or deleted: "
                 "fix the storage, or move the damaged step directories away to start over"
@@ -483,7 +479,7 @@ def verify_fingerprint(step_dir: str, tree: Any) -> None:
     try:
         saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(where)
     except Exception as e:  # orbax/JSON errors on a damaged fingerprint file
-        raise CorruptCheckpointError(f"checkpoint {step_dir}: unreadable fingerprint ({_first_line(e)})") from e
+        raise CorruptCheckpointError(f"checkpoint {step_dir}: unreadable fingerprint ({first_line(e)})") from e
     got = state_fingerprint(tree)
     bad = sorted(k for k in got if not isinstance(saved, dict) or saved.get(k) != got[k])
     if bad:
@@ -509,10 +505,3 @@ def split_step_dir(path: str) -> tuple[str, int | None]:
     if base.isdigit() and os.path.isdir(os.path.join(path, STATE)):
         return os.path.dirname(path), int(base)
     return path, None
-
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)

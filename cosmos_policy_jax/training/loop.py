@@ -27,8 +27,6 @@ from jax.experimental import multihost_utils
 
 from cosmos_policy_jax import config_lib, xla_env
 from cosmos_policy_jax.convert.core import WeightImportError
-from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
-from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
@@ -50,18 +48,6 @@ from cosmos_policy_jax.training.state import (
 )
 from cosmos_policy_jax.training.step import jit_train_step, make_train_step
 from cosmos_policy_jax.training.validation import Validator
-
-# Errors caused by bad input (config, data, checkpoint): reported as one line with a non-zero exit.
-BAD_INPUT_ERRORS = (
-    config_lib.ConfigError,
-    DataError,
-    WeightImportError,
-    CheckpointFormatError,
-    UnsafeCheckpointError,
-    ckpt_lib.CheckpointError,
-    joblock.JobDirectoryError,
-    FileNotFoundError,
-)
 
 # Metrics that measure time/speed/memory: they differ between otherwise identical runs.
 TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s", "time")

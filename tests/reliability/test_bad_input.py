@@ -51,8 +51,8 @@ ELSEWHERE: dict[str, list[str]] = {
     ],
     # issue 19
     "crafted .pt/.pkl tensor views outside their storage or over the byte budget (convert, T5 tool)": [
-        "tests/convert/test_torch_pickle_bounds.py::test_convert_cli_refuses_crafted_checkpoints",
-        "tests/convert/test_torch_pickle_bounds.py::test_t5_tool_refuses_crafted_files",
+        "tests/common/test_torch_pickle_bounds.py::test_convert_cli_refuses_crafted_checkpoints",
+        "tests/common/test_torch_pickle_bounds.py::test_t5_tool_refuses_crafted_files",
     ],
     "bad --output of convert": ["tests/convert/test_cli.py::test_bad_output_paths_exit_2_before_any_work"],
     "bad --output of eval": ["tests/reliability/test_bad_input.py::test_eval_output_that_cannot_be_written"],

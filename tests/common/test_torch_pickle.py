@@ -14,8 +14,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_file
 from cosmos_policy_jax.convert.core import WeightImportError, load_state_dict
-from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_file
 from tests.fixture_utils import fixture_path, load_fixture
 
 # --- a minimal pickle assembler (protocol 2 opcodes) ---------------------------------------------

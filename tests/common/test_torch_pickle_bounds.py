@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosmos_policy_jax.convert.torch_pickle import CheckpointFormatError, load_torch_file, view_extent
+from cosmos_policy_jax.common.torch_pickle import CheckpointFormatError, load_torch_file, view_extent
 from cosmos_policy_jax.data import t5
-from tests.convert.test_torch_pickle import _global, _int, _ordered_dict, _pickle, _str, _tuple, _write_zip
+from tests.common.test_torch_pickle import _global, _int, _ordered_dict, _pickle, _str, _tuple, _write_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 _HUGE = (1 << 40, -(1 << 40), 1 << 62, -(1 << 62))
@@ -188,4 +188,4 @@ def test_t5_tool_refuses_crafted_files(tmp_path, name):
     dst = tmp_path / "out.safetensors"
     res, _ = _run(["-m", "cosmos_policy_jax.data.t5", "convert", str(src), str(dst)])
     _assert_refused(res, src)
-    assert not dst.exists() and not (tmp_path / "out.safetensors.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no output, no temporary file left
