@@ -1,4 +1,4 @@
-"""Generate the ``demo`` dataset: the demo reach task (``demo_sim``) written in the LIBERO on-disk format.
+"""Generate the ``demo`` dataset: the demo reach task (``sim.py``) written in the LIBERO on-disk format.
 
 Layout under ``root`` (REFERENCE.md 6.1, so the ``demo`` config exercises the real LIBERO reader)::
 
@@ -16,9 +16,8 @@ Actions and proprio have ``action_dim``/``proprio_dim`` entries: the first two a
 (velocity, position) and any further entries repeat them cyclically, so every dimension varies
 (the LIBERO min/max normalisation divides by max - min) and the LIBERO shapes (7, 9) can be kept.
 
-Everything is a deterministic function of the parameters. The dataset is generated in a temporary
-sibling directory and renamed into place, so concurrent or interrupted first uses never expose a
-partial dataset; ``ensure_demo_dataset`` is what the pipeline calls.
+Everything is a deterministic function of the parameters. ``dataset.ensure_demo_dataset`` (what the
+source registry calls) generates into a temporary sibling directory and renames it into place.
 """
 
 from __future__ import annotations
@@ -26,12 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import os
-import re
-import shutil
-import socket
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,8 +33,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from cosmos_policy_jax.data import demo_sim, text_stub
-from cosmos_policy_jax.data.errors import DataError
+from cosmos_policy_jax.demo import sim as demo_sim
+from cosmos_policy_jax.demo import text_stub
 
 GENERATOR_VERSION = 1
 MANIFEST = "demo_manifest.json"
@@ -146,7 +140,7 @@ def generate_demo_dataset(
 ) -> dict[str, Any]:
     """Write the dataset into ``root`` (which must not exist yet, or be empty); returns the manifest.
 
-    Not atomic by itself: use ``ensure_demo_dataset`` (or generate into a temporary directory).
+    Not atomic by itself: use ``dataset.ensure_demo_dataset`` (or generate into a temporary directory).
     """
     if num_episodes < len(demo_sim.COLORS):
         raise ValueError(f"num_episodes must be >= {len(demo_sim.COLORS)} (one per task), got {num_episodes}")
@@ -156,13 +150,35 @@ def generate_demo_dataset(
         raise ValueError(f"action_dim and proprio_dim must be >= 2, got {action_dim}, {proprio_dim}")
     cfg = dataclasses.replace(sim_config or demo_sim.DemoReachConfig(), image_size=image_size)
     env = demo_sim.DemoReachEnv(cfg)
-    colors = demo_sim.task_names()
-    demo_dir = os.path.join(root, "success_only", SUITE)
-    rollout_dir = os.path.join(root, "all_episodes")
-    os.makedirs(demo_dir, exist_ok=True)
-    os.makedirs(rollout_dir, exist_ok=True)
+    dims = {"action_dim": action_dim, "proprio_dim": proprio_dim, "jpeg": jpeg}
+    demo_steps = _write_demos(os.path.join(root, "success_only", SUITE), env, num_episodes, seed, **dims)
+    outcomes = _write_rollouts(os.path.join(root, "all_episodes"), env, num_rollouts, seed, **dims)
 
-    # Demonstrations: episode i is task colors[i % K], one HDF5 file per task.
+    instructions = [demo_sim.instruction_for(c) for c in demo_sim.task_names()]
+    embeddings = text_stub.stub_embeddings(instructions, text_len=text_len, text_dim=text_dim)
+    _save_embeddings(embeddings, os.path.join(root, "success_only", "t5_embeddings.pkl"))
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "params": _params(
+            num_episodes, num_rollouts, seed, image_size, action_dim, proprio_dim, text_len, text_dim, jpeg, cfg
+        ),
+        "demo_steps": demo_steps,
+        "rollouts_success": int(sum(outcomes)),
+        "rollouts_failure": len(outcomes) - int(sum(outcomes)),
+        "instructions": instructions,
+    }
+    with open(os.path.join(root, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    return manifest
+
+
+def _write_demos(
+    demo_dir: str, env: demo_sim.DemoReachEnv, num_episodes: int, seed: int, *, action_dim: int, proprio_dim: int,
+    jpeg: bool,
+) -> int:  # fmt: skip
+    """Expert demonstrations: episode i is task ``colors[i % K]``, one HDF5 file per task; returns the step count."""
+    colors = demo_sim.task_names()
+    os.makedirs(demo_dir, exist_ok=True)
     files = {c: h5py.File(os.path.join(demo_dir, demo_file_name(c)), "w") for c in colors}
     demo_steps = 0
     try:
@@ -189,8 +205,16 @@ def generate_demo_dataset(
     finally:
         for f in files.values():
             f.close()
+    return demo_steps
 
-    # Rollouts: one episode per file, as the reference evaluation script writes them.
+
+def _write_rollouts(
+    rollout_dir: str, env: demo_sim.DemoReachEnv, num_rollouts: int, seed: int, *, action_dim: int, proprio_dim: int,
+    jpeg: bool,
+) -> list[bool]:  # fmt: skip
+    """Rollouts of the mixed policies, one episode per file as the reference evaluation script writes them."""
+    colors = demo_sim.task_names()
+    os.makedirs(rollout_dir, exist_ok=True)
     outcomes = []
     for r in range(num_rollouts):
         kind = ROLLOUT_POLICIES[r % len(ROLLOUT_POLICIES)]
@@ -209,25 +233,7 @@ def generate_demo_dataset(
             f.attrs["success"] = ep.success
             f.attrs["task_description"] = ep.instruction
         outcomes.append(ep.success)
-
-    embeddings = text_stub.stub_embeddings(
-        [demo_sim.instruction_for(c) for c in colors], text_len=text_len, text_dim=text_dim
-    )
-    _save_embeddings(embeddings, os.path.join(root, "success_only", "t5_embeddings.pkl"))
-
-    manifest = {
-        "generator_version": GENERATOR_VERSION,
-        "params": _params(
-            num_episodes, num_rollouts, seed, image_size, action_dim, proprio_dim, text_len, text_dim, jpeg, cfg
-        ),
-        "demo_steps": demo_steps,
-        "rollouts_success": int(sum(outcomes)),
-        "rollouts_failure": len(outcomes) - int(sum(outcomes)),
-        "instructions": [demo_sim.instruction_for(c) for c in colors],
-    }
-    with open(os.path.join(root, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    return manifest
+    return outcomes
 
 
 def _save_embeddings(embeddings: Mapping[str, np.ndarray], path: str) -> None:
@@ -250,280 +256,3 @@ def _params(num_episodes, num_rollouts, seed, image_size, action_dim, proprio_di
         "jpeg": bool(jpeg),
         "sim": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("action_dim", "proprio_dim")},
     }
-
-
-def _expand(path: str) -> str:
-    from cosmos_policy_jax.config_lib import expand_path
-
-    expanded, missing = expand_path(path)
-    if missing:
-        raise DataError(f"environment variable(s) {', '.join(missing)} not set in {path!r}")
-    return os.path.abspath(expanded)
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def demo_root(dataset_cfg: Any) -> str:
-    """The dataset root implied by ``dataset.data_dir`` (``<root>/success_only``); checks the other paths."""
-    raw = _get(dataset_cfg, "data_dir", "")
-    if not raw:
-        raise DataError("dataset.data_dir: required for the demo dataset (<root>/success_only)")
-    data_dir = _expand(raw)
-    if os.path.basename(data_dir.rstrip("/")) != "success_only":
-        raise DataError(f"dataset.data_dir: a demo dataset lives in <root>/success_only, got {raw!r}")
-    root = os.path.dirname(data_dir.rstrip("/"))
-    expected = {
-        "rollout_data_dir": os.path.join(root, "all_episodes"),
-        "t5_text_embeddings_path": os.path.join(root, "success_only", "t5_embeddings.pkl"),
-    }
-    for key, want in expected.items():
-        value = _get(dataset_cfg, key, "")
-        if value and _expand(value) != want:
-            raise DataError(f"dataset.{key}: the demo generator writes {want}, but the config says {value!r}")
-    return root
-
-
-def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
-    """Generate the demo dataset for ``dataset_cfg`` unless it already exists; returns its root.
-
-    Safe under concurrency and interruption: generation happens in a temporary sibling directory
-    that is renamed into place (atomic on POSIX); a process that loses the race discards its copy.
-    An existing dataset generated with other parameters is an error (never silently reused).
-    """
-    root = demo_root(dataset_cfg)
-    keys = {
-        "num_episodes": "demo_num_episodes",
-        "num_rollouts": "demo_num_rollouts",
-        "seed": "demo_seed",
-        "image_size": "final_image_size",
-        "action_dim": "action_dim",
-        "proprio_dim": "proprio_dim",
-        "text_len": "text_len",
-        "text_dim": "text_dim",
-    }
-    params: dict[str, Any] = {}
-    for name, key in keys.items():
-        value = _get(dataset_cfg, key)
-        if value is None:
-            raise DataError(f"dataset.{key}: required to generate the demo dataset")
-        params[name] = int(value)
-    params["jpeg"] = bool(jpeg)
-    layout = str(_get(dataset_cfg, "demo_object_layout", None) or "random")
-    sim_config = demo_sim.DemoReachConfig(image_size=params["image_size"], object_layout=layout)
-    if not os.path.exists(root):
-        parent = os.path.dirname(root)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as e:  # a path component that is a file, no permission
-            raise DataError(
-                f"dataset.data_dir: cannot create the demo dataset under {parent} ({e.strerror or e})"
-            ) from e
-        _remove_abandoned_temporaries(parent, os.path.basename(root))
-        # The owner's host and pid in the name: a later start can tell an abandoned copy from a live one.
-        tmp = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(root)}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=parent
-        )
-        try:
-            generate_demo_dataset(tmp, **params, sim_config=sim_config)
-            _prepare_statistics(tmp, dataset_cfg)
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not os.path.isdir(root):
-                    raise
-                # Another process finished first: use its copy (checked below).
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-    _check_manifest(root, {**params, "object_layout": layout})
-    return root
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _remove_abandoned_temporaries(parent: str, name: str) -> None:
-    """Delete the hidden temporary copies of ``name`` that a killed generation left in ``parent``.
-
-    Only copies made on this host by a process that no longer exists are removed; a generation still
-    running (here or on another host sharing the file system) keeps its directory.
-    """
-    pattern = re.compile(rf"^\.{re.escape(name)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
-    host = socket.gethostname()
-    for entry in os.listdir(parent):
-        found = pattern.match(entry)
-        if found and found["host"] == host and not _pid_alive(int(found["pid"])):
-            logging.warning("removing %s, left by an interrupted demo-data generation", os.path.join(parent, entry))
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _prepare_statistics(root: str, dataset_cfg: Any) -> None:
-    """Open the fresh dataset with the LIBERO reader once, inside the temporary directory.
-
-    This validates it and writes the normalisation statistics files before the dataset becomes
-    visible, so concurrent readers never race to create them.
-    """
-    from cosmos_policy_jax.data.sources import LiberoSource
-
-    source = LiberoSource.from_config(demo_dataset_config(dataset_cfg, root))
-    source.close()
-
-
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    if hasattr(cfg, "to_dict"):  # ml_collections ConfigDict / FrozenConfigDict
-        return dict(cfg.to_dict())
-    return dict(cfg)
-
-
-def demo_dataset_config(dataset_cfg: Any, root: str) -> dict[str, Any]:
-    """A copy of ``dataset_cfg`` (plain dict) whose paths point at the demo dataset under ``root``."""
-    out = _as_dict(dataset_cfg)
-    out.update(
-        data_dir=os.path.join(root, "success_only"),
-        rollout_data_dir=os.path.join(root, "all_episodes"),
-        t5_text_embeddings_path=os.path.join(root, "success_only", "t5_embeddings.pkl"),
-    )
-    return out
-
-
-def _check_manifest(root: str, params: Mapping[str, Any]) -> None:
-    path = os.path.join(root, MANIFEST)
-    if not os.path.exists(path):
-        raise DataError(f"{root} exists but is not a finished demo dataset (no {MANIFEST}); delete it to regenerate")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable demo manifest ({e}); delete {root} to regenerate") from e
-    have = dict(manifest.get("params", {}))
-    have["object_layout"] = have.get("sim", {}).get("object_layout", "random")
-    for key, want in params.items():
-        if have.get(key) != want:
-            raise DataError(
-                f"{path}: demo dataset was generated with {key}={have.get(key)!r} but the config asks for {want!r}; "
-                f"delete {root} or point dataset.data_dir elsewhere"
-            )
-
-
-# ---------------------------------------------------------------------------------------------
-# The same dataset in LeRobot format (written by the real `lerobot` package)
-# ---------------------------------------------------------------------------------------------
-
-LEROBOT_DIR = "lerobot"  # <root>/lerobot/{demos,rollouts}: two LeRobot datasets
-LEROBOT_FPS = 16
-LEROBOT_CAMERAS = {"primary": "observation.images.agentview", "wrist": "observation.images.wrist"}
-LEROBOT_KEYS = {"state_key": "observation.state", "action_key": "action", "success_key": "next.success"}
-LEROBOT_PYTHON_ENV = "COSMOS_POLICY_LEROBOT_PYTHON"
-
-
-def _export_episodes(out_dir: str, episodes: list[tuple[dict[str, np.ndarray], str, bool]]) -> None:
-    """Episodes as ``lerobot_write`` input: one npz each plus ``spec.json``."""
-    from cosmos_policy_jax.data import lerobot_write
-
-    os.makedirs(out_dir)
-    spec = {"fps": LEROBOT_FPS, "robot_type": "demo_reach_point", "cameras": list(LEROBOT_CAMERAS.values())}
-    spec.update(LEROBOT_KEYS, repo_id="local/demo_reach")
-    with open(os.path.join(out_dir, lerobot_write.SPEC), "w") as f:
-        json.dump(spec, f)
-    for i, (arrays, task, success) in enumerate(episodes):
-        flags = np.zeros(len(arrays["action"]), bool)
-        flags[-1] = success
-        np.savez(os.path.join(out_dir, f"episode_{i:06d}.npz"), **arrays, success=flags, task=np.array(task))
-
-
-def _hdf5_episodes(root: str) -> tuple[list, list]:
-    """Demos and rollouts of the HDF5 demo dataset in the order the LIBERO reader loads them."""
-    from cosmos_policy_jax.data.sources import find_hdf5_files, libero_instruction
-
-    cams = LEROBOT_CAMERAS
-    demos, rollouts = [], []
-    for path in find_hdf5_files(os.path.join(root, "success_only")):
-        with h5py.File(path, "r") as f:
-            for name in sorted(f["data"], key=lambda k: int(k.split("_")[1])):
-                g = f["data"][name]
-                arrays = {
-                    f"frames/{cams['primary']}": g["obs/agentview_rgb"][()],
-                    f"frames/{cams['wrist']}": g["obs/eye_in_hand_rgb"][()],
-                    "state": g["robot_states"][()].astype(np.float32),
-                    "action": g["actions"][()].astype(np.float32),
-                }
-                demos.append((arrays, libero_instruction(path), True))
-    for path in find_hdf5_files(os.path.join(root, "all_episodes")):
-        with h5py.File(path, "r") as f:
-            arrays = {
-                f"frames/{cams['primary']}": f["primary_images"][()],
-                f"frames/{cams['wrist']}": f["wrist_images"][()],
-                "state": f["proprio"][()].astype(np.float32),
-                "action": f["actions"][()].astype(np.float32),
-            }
-            rollouts.append((arrays, str(f.attrs["task_description"]), bool(f.attrs["success"])))
-    return demos, rollouts
-
-
-def _run_lerobot_writer(episodes_dir: str, out: str) -> None:
-    """``lerobot_write`` in this process when ``lerobot`` imports, else under ``$COSMOS_POLICY_LEROBOT_PYTHON``."""
-    import importlib.util
-    import subprocess
-
-    python = os.environ.get(LEROBOT_PYTHON_ENV, "")
-    if not python and importlib.util.find_spec("lerobot") is not None:
-        from cosmos_policy_jax.data import lerobot_write
-
-        lerobot_write.write_episodes_dir(episodes_dir, out)
-        return
-    if not python:
-        raise DataError(
-            "the demo's LeRobot copy is written by the real lerobot package, which is not installed here: "
-            f"install it (it needs PyTorch) or set {LEROBOT_PYTHON_ENV} to a Python that has it"
-        )
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": package_parent}
-    cmd = [python, "-m", "cosmos_policy_jax.data.lerobot_write", episodes_dir, out]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise DataError(f"{LEROBOT_PYTHON_ENV}={python}: the lerobot writer failed ({tail[0]})")
-
-
-def ensure_lerobot_copy(root: str) -> tuple[str, str]:
-    """``(demos, rollouts)``: the demo dataset at ``root`` as two LeRobot datasets (made on first use, atomically)."""
-    out = os.path.join(root, LEROBOT_DIR)
-    if not os.path.isdir(out):
-        tmp = tempfile.mkdtemp(prefix=f".{LEROBOT_DIR}.tmp-", dir=root)
-        try:
-            demos, rollouts = _hdf5_episodes(root)
-            for name, eps in (("demos", demos), ("rollouts", rollouts)):
-                if eps:
-                    _export_episodes(os.path.join(tmp, f"{name}_npz"), eps)
-                    _run_lerobot_writer(os.path.join(tmp, f"{name}_npz"), os.path.join(tmp, name))
-                    shutil.rmtree(os.path.join(tmp, f"{name}_npz"))
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                if not os.path.isdir(out):
-                    raise
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-    rollouts_dir = os.path.join(out, "rollouts")
-    return os.path.join(out, "demos"), rollouts_dir if os.path.isdir(rollouts_dir) else ""
-
-
-def demo_lerobot_config(dataset_cfg: Any, root: str) -> dict[str, Any]:
-    """A copy of ``dataset_cfg`` reading the demo's LeRobot copy (same embeddings file) with ``LeRobotSource``."""
-    demos, rollouts = ensure_lerobot_copy(root)
-    out = demo_dataset_config(dataset_cfg, root)
-    out.update(data_dir=demos, rollout_data_dir=rollouts, kind="lerobot")
-    out["lerobot"] = {"cameras": dict(LEROBOT_CAMERAS), **LEROBOT_KEYS}
-    return out
