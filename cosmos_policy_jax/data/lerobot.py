@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.episodes import EpisodeOptions, EpisodeSource, cfg_get
+from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.schema import CAMERA_SLOT, Episode
 from cosmos_policy_jax.data.video import VideoFrames, probe
 

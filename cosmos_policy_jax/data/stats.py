@@ -101,7 +101,8 @@ def _resolve_dataset(config: Any, section: str) -> dict[str, Any]:
     raw = config[section].dataset.to_dict()
     cfg = {**raw, **expanded_paths({k: raw.get(k, "") for k in ("data_dir", "rollout_data_dir")})}
     if cfg.get("kind") == "demo" and cfg.get("demo_format", "hdf5") == "lerobot":
-        from cosmos_policy_jax.demo import dataset as demo_dataset, lerobot_copy
+        from cosmos_policy_jax.demo import dataset as demo_dataset
+        from cosmos_policy_jax.demo import lerobot_copy
 
         cfg = lerobot_copy.demo_lerobot_config(cfg, demo_dataset.ensure_demo_dataset(cfg))
     return cfg

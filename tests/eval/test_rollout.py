@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data import demo_sim, statistics
-from cosmos_policy_jax.eval import demo_env, main, policies, preprocess, rollout
+from cosmos_policy_jax.data import statistics
+from cosmos_policy_jax.demo import env as demo_env
+from cosmos_policy_jax.demo import sim as demo_sim
+from cosmos_policy_jax.eval import main, policies, preprocess, rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_PREP = preprocess.ImagePreprocessing(image_size=8, jpeg_quality=None, center_crop=False)
