@@ -65,7 +65,8 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-# Field type (as written in the annotation) -> how a config or caller value is normalised.
+# Field type as written in the annotation (a string: this module and its subclasses' modules use
+# ``from __future__ import annotations``) -> how a config or caller value is normalised.
 _COERCE = {"int": int, "bool": bool, "float": float, "str": lambda v: os.fspath(v or ""), "int | None": _optional_int}
 
 
