@@ -25,16 +25,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data import demo_gen, pipeline
-from cosmos_policy_jax.data.sources import LiberoSource
+from cosmos_policy_jax.data import pipeline
+from cosmos_policy_jax.data.libero import LiberoSource
+from cosmos_policy_jax.demo import dataset as demo_dataset
+from cosmos_policy_jax.demo import generate
 
 
 def prepare(data_dir: str, *, image_size: int, jpeg: bool, episodes: int, rollouts: int) -> str:
     """Generate the benchmark dataset unless it exists (keyed by its parameters)."""
     root = os.path.join(data_dir, f"bench_{image_size}px_{'jpeg' if jpeg else 'raw'}_{episodes}x{rollouts}")
-    if not os.path.exists(os.path.join(root, demo_gen.MANIFEST)):
+    if not os.path.exists(os.path.join(root, generate.MANIFEST)):
         tmp = root + f".tmp-{os.getpid()}"
-        demo_gen.generate_demo_dataset(
+        generate.generate_demo_dataset(
             tmp,
             num_episodes=episodes,
             num_rollouts=rollouts,
@@ -135,7 +137,7 @@ def main() -> None:
     with ds.unlocked():
         ds.final_image_size = args.final_image_size
         ds.use_image_aug = not args.no_aug
-    source = LiberoSource.from_config(demo_gen.demo_dataset_config(ds, root), seed=0)
+    source = LiberoSource.from_config(demo_dataset.demo_dataset_config(ds, root), seed=0)
 
     results = time_workers(source, args)
     if args.json:

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data_pipeline import pipeline_args, prepare, time_workers
 
 from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data import demo_gen
 from cosmos_policy_jax.data.lerobot import LeRobotDataset, LeRobotSource
+from cosmos_policy_jax.demo.lerobot_copy import demo_lerobot_config
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     with ds.unlocked():
         ds.final_image_size = args.final_image_size
         ds.use_image_aug = not args.no_aug
-    cfg = demo_gen.demo_lerobot_config(ds, root)
+    cfg = demo_lerobot_config(ds, root)
     version = LeRobotDataset(cfg["data_dir"]).version
     source = LeRobotSource.from_config(cfg, seed=0)
 

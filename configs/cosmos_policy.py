@@ -183,7 +183,7 @@ def _dataset(kind: str) -> config_dict.ConfigDict:
             demo_num_episodes=400,
             demo_num_rollouts=200,
             demo_seed=0,
-            demo_object_layout="random",  # random | fixed (see data/demo_sim.py)
+            demo_object_layout="random",  # random | fixed (see demo/sim.py)
         )
     )
 

@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cosmos_policy_jax.common.errors import first_line
+from cosmos_policy_jax.data.episodes import EpisodeOptions, EpisodeSource, cfg_get
 from cosmos_policy_jax.data.errors import DataError
-from cosmos_policy_jax.data.sources import _CAMERA_SLOT, Episode, EpisodeSource, _cfg_get
+from cosmos_policy_jax.data.schema import CAMERA_SLOT, Episode
 from cosmos_policy_jax.data.video import VideoFrames, probe
 
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
@@ -412,10 +413,21 @@ def read_episodes(
     return episodes
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LeRobotOptions(EpisodeOptions):
+    """The episode options plus the ``dataset.lerobot`` feature mapping."""
+
+    cameras: Mapping[str, str] = dataclasses.field(default_factory=dict)  # role -> video feature
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    success_key: str = ""
+
+
 class LeRobotSource(EpisodeSource):
     """A local LeRobot dataset (v3.0 / v2.1) with the user's feature mapping (see the module docstring)."""
 
     KIND = "lerobot"
+    OPTIONS = LeRobotOptions
     _SLOTS_BASE: ClassVar[tuple[str, ...]] = (
         "action",
         "value",
@@ -423,51 +435,38 @@ class LeRobotSource(EpisodeSource):
         "future_proprio",
     )
 
-    def __init__(
-        self,
-        data_dir: str,
-        rollout_data_dir: str = "",
-        t5_text_embeddings_path: str = "",
-        *,
-        cameras: Mapping[str, str],
-        state_key: str = "observation.state",
-        action_key: str = "action",
-        success_key: str = "",
-        **kwargs: Any,
-    ):
-        cams = {role: str(key) for role, key in dict(cameras).items() if key}
+    def __init__(self, options: LeRobotOptions):
+        cams = {role: str(key) for role, key in dict(options.cameras).items() if key}
         self.layout_name = layout_for_cameras(cams)
         self.CAMERAS = LAYOUT_CAMERAS[self.layout_name]
         self.SAMPLE_SLOTS = self._SLOTS_BASE + tuple(
-            f"{when}_{_CAMERA_SLOT[r]}" for r in self.CAMERAS for when in ("current", "future")
+            f"{when}_{CAMERA_SLOT[r]}" for r in self.CAMERAS for when in ("current", "future")
         )
         self.lerobot_cameras = cams
-        self.state_key, self.action_key, self.success_key = state_key, action_key, success_key
         self._videos = VideoFrames()
-        all_eps = read_episodes(os.fspath(data_dir), cams, state_key, action_key, success_key)
+        keys = (options.state_key, options.action_key, options.success_key)
+        all_eps = read_episodes(options.data_dir, cams, *keys)
         self._lerobot_demos = [e for e in all_eps if e.success]
         self._lerobot_rollouts = [e for e in all_eps if not e.success]
-        if rollout_data_dir:
-            if not success_key:
+        if options.rollout_data_dir:
+            if not options.success_key:
                 raise DataError(
                     "dataset.lerobot.success_key: required to tell successes from failures in dataset.rollout_data_dir"
                 )
-            self._lerobot_rollouts += read_episodes(
-                os.fspath(rollout_data_dir), cams, state_key, action_key, success_key
-            )
-        super().__init__(data_dir, rollout_data_dir, t5_text_embeddings_path, **kwargs)
+            self._lerobot_rollouts += read_episodes(options.rollout_data_dir, cams, *keys)
+        super().__init__(options)
 
     @classmethod
     def from_config(cls, dataset_cfg: Any, *, seed: int = 0, **overrides: Any) -> EpisodeSource:
         """As the base, plus the ``dataset.lerobot`` mapping section."""
-        lr = _cfg_get(dataset_cfg, "lerobot")
+        lr = cfg_get(dataset_cfg, "lerobot")
         if lr is None:
             raise DataError("dataset.lerobot: the feature mapping section is required for kind 'lerobot'")
-        cams = _cfg_get(lr, "cameras", {}) or {}
+        cams = cfg_get(lr, "cameras", {}) or {}
         cams = dict(cams.to_dict() if hasattr(cams, "to_dict") else cams)
         overrides.setdefault("cameras", cams)
         for key in ("state_key", "action_key", "success_key"):
-            value = _cfg_get(lr, key)
+            value = cfg_get(lr, key)
             if value is not None:
                 overrides.setdefault(key, value)
         return super().from_config(dataset_cfg, seed=seed, **overrides)
@@ -476,7 +475,7 @@ class LeRobotSource(EpisodeSource):
 
     def _load_demos(self) -> list[Episode]:
         if not self._lerobot_demos:
-            raise DataError(f"{self.data_dir}: no successful episodes to use as demonstrations")
+            raise DataError(f"{self.options.data_dir}: no successful episodes to use as demonstrations")
         return list(self._lerobot_demos)
 
     def _load_rollouts(self) -> list[Episode]:

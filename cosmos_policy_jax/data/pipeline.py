@@ -40,65 +40,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from cosmos_policy_jax.common.paths import expand_required
 from cosmos_policy_jax.data import workers
 from cosmos_policy_jax.data.errors import DataError
 
 STATE_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-# ---------------------------------------------------------------------------------------------
-
-
-def _expanded(dataset_cfg: Any) -> dict[str, Any]:
-    """Plain-dict copy of a dataset config with ``${VAR}``/``~`` expanded in its path fields."""
-    cfg = dict(dataset_cfg.to_dict()) if hasattr(dataset_cfg, "to_dict") else dict(dataset_cfg)
-    for key in ("data_dir", "rollout_data_dir", "t5_text_embeddings_path"):
-        value = cfg.get(key)
-        if isinstance(value, str) and value:
-            cfg[key] = expand_required(value, f"dataset.{key}", DataError)
-    return cfg
-
-
-def make_source_for(
-    dataset_cfg: Any,
-    *,
-    seed: int = 0,
-    layout: Mapping[str, int] | None = None,
-    state_t: int | None = None,
-) -> Any:
-    """The random-access source for a ``dataloader_*.dataset`` config section.
-
-    ``demo``: generates the demo dataset on first use (``demo_gen.ensure_demo_dataset``), then reads
-    it with the real ``LiberoSource``. ``lerobot``: ``lerobot.LeRobotSource``. ``synthetic``: ``SyntheticSource`` with the model's latent
-    ``layout``/``state_t`` (pass ``config.model.latent_layout`` and ``config.model.state_t``; LIBERO's
-    by default). Other kinds: ``sources.make_source`` (libero / robocasa / aloha).
-    """
-    kind = dataset_cfg.get("kind", "libero") if hasattr(dataset_cfg, "get") else dataset_cfg.kind
-    if kind == "synthetic":  # needs no files (its path fields may hold unset variables)
-        from cosmos_policy_jax.data.synthetic import SyntheticSource
-
-        return SyntheticSource.from_config(dataset_cfg, seed=seed, layout=layout, state_t=state_t)
-    cfg = _expanded(dataset_cfg)
-    if kind == "demo":
-        from cosmos_policy_jax.data import demo_gen
-        from cosmos_policy_jax.data.sources import LiberoSource
-
-        root = demo_gen.ensure_demo_dataset(cfg)
-        if cfg.get("demo_format", "hdf5") == "lerobot":  # the same episodes, through the LeRobot reader
-            from cosmos_policy_jax.data.lerobot import LeRobotSource
-
-            return LeRobotSource.from_config(demo_gen.demo_lerobot_config(cfg, root), seed=seed)
-        return LiberoSource.from_config(demo_gen.demo_dataset_config(cfg, root), seed=seed)
-    if kind == "lerobot":  # a local LeRobot dataset (v3.0 / v2.1) with the user's feature mapping
-        from cosmos_policy_jax.data.lerobot import LeRobotSource
-
-        return LeRobotSource.from_config(cfg, seed=seed)
-    from cosmos_policy_jax.data.sources import make_source
-
-    return make_source(cfg, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +420,9 @@ def build_pipeline_from_config(
     """``build_pipeline`` from a ``dataloader_train``/``dataloader_val`` section (source built if not given)."""
     b = per_device_batch_size(loader_cfg, dp_size * shards_per_process, section=section)
     if source is None:
-        source = make_source_for(loader_cfg.dataset, seed=int(loader_cfg.seed), layout=layout, state_t=state_t)
+        from cosmos_policy_jax.data.registry import make_source  # the readers (h5py, PIL) only when needed
+
+        source = make_source(loader_cfg.dataset, seed=int(loader_cfg.seed), layout=layout, state_t=state_t)
     return build_pipeline(
         source,
         batch_size_per_process=b * shards_per_process,

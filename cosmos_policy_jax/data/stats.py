@@ -94,15 +94,16 @@ def lerobot_statistics(
 
 
 def _resolve_dataset(config: Any, section: str) -> dict[str, Any]:
-    from cosmos_policy_jax.data.pipeline import _expanded
+    from cosmos_policy_jax.data.registry import expanded_paths
 
     # Only the data paths matter here (the embeddings file may not exist yet).
     raw = config[section].dataset.to_dict()
-    cfg = {**raw, **_expanded({k: raw.get(k, "") for k in ("data_dir", "rollout_data_dir")})}
+    cfg = {**raw, **expanded_paths({k: raw.get(k, "") for k in ("data_dir", "rollout_data_dir")})}
     if cfg.get("kind") == "demo" and cfg.get("demo_format", "hdf5") == "lerobot":
-        from cosmos_policy_jax.data import demo_gen
+        from cosmos_policy_jax.demo import dataset as demo_dataset
+        from cosmos_policy_jax.demo import lerobot_copy
 
-        cfg = demo_gen.demo_lerobot_config(cfg, demo_gen.ensure_demo_dataset(cfg))
+        cfg = lerobot_copy.demo_lerobot_config(cfg, demo_dataset.ensure_demo_dataset(cfg))
     return cfg
 
 
@@ -126,7 +127,7 @@ def run(config: Any, *, section: str = "dataloader_train", overwrite: bool = Tru
             for p in paths:
                 if os.path.exists(p):
                     os.remove(p)
-        from cosmos_policy_jax.data.sources import make_source
+        from cosmos_policy_jax.data.registry import make_source
 
         make_source(cfg).close()
         return [p for p in paths if os.path.exists(p)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_policy_jax.data import text_stub
+from cosmos_policy_jax.data.schema import FPS, TEXT_MASK_LEN
 from cosmos_policy_jax.layouts import LAYOUTS, SLOTS
 
 LIBERO_LAYOUT = LAYOUTS["libero"]
@@ -27,8 +27,6 @@ INSTRUCTIONS = (
     "put the bowl on the plate",
     "turn on the stove",
 )
-_TEXT_MASK_LEN = 512
-_FPS = 16
 _DEFAULT_LENGTH = 4096
 
 
@@ -84,6 +82,9 @@ class SyntheticSource:
         self.num_duplicates_per_image = int(num_duplicates_per_image)
         self.gamma = float(gamma)
         self.seed = int(seed)
+        # The demo's stand-in encoder (imported here: data/ does not import demo/ at module level).
+        from cosmos_policy_jax.demo import text_stub
+
         self.t5_embeddings = text_stub.stub_embeddings(INSTRUCTIONS, text_len=self.text_len, text_dim=self.text_dim)
         self._image_slot_frames = {self.layout[s]: s for s in IMAGE_SLOTS if self.layout[s] != -1}
 
@@ -159,8 +160,8 @@ class SyntheticSource:
             "video": video,
             "actions": actions,
             "t5_text_embeddings": self.t5_embeddings[instruction],
-            "t5_text_mask": np.ones(_TEXT_MASK_LEN, np.int64),
-            "fps": _FPS,
+            "t5_text_mask": np.ones(TEXT_MASK_LEN, np.int64),
+            "fps": FPS,
             "padding_mask": np.zeros((1, s, s), np.float32),
             "image_size": np.full(4, s, np.float32),
             "proprio": rng.uniform(-1.0, 1.0, size=self.proprio_dim),

@@ -240,7 +240,7 @@ def compute_t5_embeddings(
 
 
 def _list_instructions(kind: str, data_dir: str, rollout_data_dir: str) -> list[str]:
-    from cosmos_policy_jax.data.sources import list_instructions
+    from cosmos_policy_jax.data.registry import list_instructions
 
     return list_instructions(kind, data_dir, rollout_data_dir)
 

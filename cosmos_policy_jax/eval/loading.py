@@ -177,8 +177,8 @@ def load_eval_statistics(dataset_cfg: Any, stats_path: str | None) -> tuple[dict
         if os.path.isfile(path):
             return stats_lib.load_statistics(path, action_dim, proprio_dim), path
         if dataset_cfg.kind == "demo":
-            from cosmos_policy_jax.data import demo_gen
-            from cosmos_policy_jax.data.sources import LiberoSource
+            from cosmos_policy_jax.data.libero import LiberoSource
+            from cosmos_policy_jax.demo import dataset as demo_gen
 
             demo_gen.ensure_demo_dataset(dataset_cfg)
             if not os.path.isfile(path):

@@ -136,8 +136,8 @@ def _image_spec(config: Any, opts: EvalOptions, kind: str, demo_jpeg: bool) -> p
 
 
 def _demo_setup(config: Any, opts: EvalOptions):
-    from cosmos_policy_jax.data import demo_gen
-    from cosmos_policy_jax.eval import demo_env
+    from cosmos_policy_jax.demo import dataset as demo_gen
+    from cosmos_policy_jax.demo import env as demo_env
 
     ds = _dataset_cfg(config)
     root = demo_gen.demo_root(ds)

@@ -3,7 +3,7 @@
 One file per episode, ``episode_data--suite=<suite>--<date>--task=<k>--ep=<n>--success=<bool>--<tag>.hdf5``,
 holding ``primary_images`` / ``wrist_images`` (T, H, W, 3) uint8 (the observation before each action,
 upright as in the training data), ``proprio`` (T, P) and ``actions`` (T, A) in raw units, and the
-attributes ``success`` and ``task_description``: what the dataset readers (``data/sources.py``) parse as
+attributes ``success`` and ``task_description``: what the dataset readers (``data/libero.py``) parse as
 rollouts, so a planning model can be fine-tuned on a policy's own episodes.
 """
 

@@ -85,7 +85,7 @@ def _demo_jpeg(ds: Any) -> bool:
     import json
     import os
 
-    from cosmos_policy_jax.data import demo_gen
+    from cosmos_policy_jax.demo import dataset as demo_gen
 
     try:
         manifest = os.path.join(demo_gen.demo_root(ds), demo_gen.MANIFEST)
@@ -432,7 +432,7 @@ def load_policy(
     table_path = t5 or assets.t5_path or _existing(ds.t5_text_embeddings_path)
     table = loading.load_instruction_embeddings(table_path, int(ds.text_len), int(ds.text_dim)) if table_path else None
     if text_encoder is None and ds.kind == "demo":
-        from cosmos_policy_jax.data import text_stub
+        from cosmos_policy_jax.demo import text_stub
 
         # The demo's instructions were embedded with the deterministic stand-in encoder.
         def text_encoder(text: str) -> np.ndarray:

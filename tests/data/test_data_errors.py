@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cosmos_policy_jax.data.episodes import EpisodeOptions
 from cosmos_policy_jax.data.errors import DataError
-from cosmos_policy_jax.data.sources import LiberoSource
+from cosmos_policy_jax.data.libero import LiberoSource
 from cosmos_policy_jax.data.t5 import load_t5_embeddings, save_t5_embeddings
-from tests.data.test_sources import copy_rollouts
+from tests.data.dataset_files import copy_rollouts
 
 
 def _snapshot(directory: str) -> dict[str, str]:
@@ -51,9 +52,7 @@ def data(tmp_path):
 
     def build(**over):
         args = dict(data_dir=demo_dir, rollout_data_dir=rollout_dir, t5_text_embeddings_path=t5)
-        args.update({k: v for k, v in over.items() if k in args})
-        kw = {**kwargs, **{k: v for k, v in over.items() if k not in args}}
-        return LiberoSource(args["data_dir"], args["rollout_data_dir"], args["t5_text_embeddings_path"], **kw)
+        return LiberoSource(EpisodeOptions(**{**args, **kwargs, **over}))
 
     return dict(
         build=build, demo_dir=demo_dir, rollout_dir=rollout_dir, t5=t5, demo_files=demo_files,
@@ -254,7 +253,7 @@ def test_dimension_mismatch_with_config(data):
 
 
 def test_non_positive_sizes():
-    _expect(lambda: LiberoSource("/nonexistent", chunk_size=0), "chunk_size")
+    _expect(lambda: LiberoSource(EpisodeOptions(data_dir="/nonexistent", chunk_size=0)), "chunk_size")
 
 
 def test_dataset_root_that_is_a_file(data, tmp_path):

@@ -19,10 +19,16 @@ import numpy as np
 import pytest
 
 from cosmos_policy_jax.data import t5 as t5_lib
-from cosmos_policy_jax.data import text_stub
 from cosmos_policy_jax.data.errors import DataError
-from cosmos_policy_jax.data.lerobot import LeRobotDataset, LeRobotSource, list_instructions, read_episodes
+from cosmos_policy_jax.data.lerobot import (
+    LeRobotDataset,
+    LeRobotOptions,
+    LeRobotSource,
+    list_instructions,
+    read_episodes,
+)
 from cosmos_policy_jax.data.returns import monte_carlo_returns
+from cosmos_policy_jax.demo import text_stub
 from cosmos_policy_jax.layouts import full_layout
 from tests.fixture_utils import fixture_dir
 
@@ -57,7 +63,7 @@ def write_embeddings(tmp_path, tasks, text_len=8, text_dim=16) -> str:
 def make_source(root: str, emb: str, **kw) -> LeRobotSource:
     args = dict(chunk_size=4, final_image_size=32, use_image_aug=False, cameras=CAMS, **KEYS)
     args.update(kw)
-    return LeRobotSource(root, "", emb, **args)
+    return LeRobotSource(LeRobotOptions(data_dir=root, t5_text_embeddings_path=emb, **args))
 
 
 @pytest.mark.parametrize("which", sorted(VERSIONS))
@@ -109,9 +115,9 @@ def test_source_samples_failures_as_rollouts(which, expected, tmp_path):
     assert src._demo_steps.total == sum(n for j, n in enumerate(lengths) if j not in failed)
     assert src.layout == full_layout("libero") and src.state_t == 9
     for ep in src.demos:
-        np.testing.assert_array_equal(ep.returns, monte_carlo_returns(ep.num_steps, 1.0, src.gamma))
+        np.testing.assert_array_equal(ep.returns, monte_carlo_returns(ep.num_steps, 1.0, src.options.gamma))
     for ep in src.rollouts:
-        np.testing.assert_array_equal(ep.returns, monte_carlo_returns(ep.num_steps, 0.0, src.gamma))
+        np.testing.assert_array_equal(ep.returns, monte_carlo_returns(ep.num_steps, 0.0, src.options.gamma))
     rollout_ix = [i for i in range(len(src)) if src.describe(i)["category"] != "demo"]
     assert rollout_ix, "the failed episode must be sampled as a rollout"
     s = src.get(rollout_ix[0], epoch=0)
@@ -124,7 +130,8 @@ def test_source_samples_failures_as_rollouts(which, expected, tmp_path):
 
 
 def test_pipeline_sharded_and_resumable(expected, tmp_path):
-    from cosmos_policy_jax.data.pipeline import build_pipeline, make_source_for
+    from cosmos_policy_jax.data.pipeline import build_pipeline
+    from cosmos_policy_jax.data.registry import make_source as make_source_for_config
 
     emb = write_embeddings(tmp_path, expected["tasks"].tolist())
     cfg = dict(
@@ -136,7 +143,7 @@ def test_pipeline_sharded_and_resumable(expected, tmp_path):
         use_image_aug=True,
         lerobot=dict(cameras=CAMS, **KEYS),
     )
-    src = make_source_for(cfg, seed=3)
+    src = make_source_for_config(cfg, seed=3)
     assert isinstance(src, LeRobotSource)
     ranks = [
         build_pipeline(

@@ -7,7 +7,7 @@ import pytest
 from configs import cosmos_policy
 from cosmos_policy_jax import config_lib
 from cosmos_policy_jax.data.errors import DataError
-from cosmos_policy_jax.data.lerobot import LeRobotSource, layout_for_cameras
+from cosmos_policy_jax.data.lerobot import LeRobotOptions, LeRobotSource, layout_for_cameras
 from cosmos_policy_jax.layouts import full_layout
 from tests.data.test_lerobot import CAMS, KEYS, copy_dataset, write_embeddings
 
@@ -45,7 +45,11 @@ def test_demo_modifier_only_on_demo():
 def test_source_layout_follows_the_camera_roles(cams, layout, tmp_path):
     emb = write_embeddings(tmp_path, ["pick up the red block", "open the top drawer"])
     root = copy_dataset("v21", tmp_path)
-    src = LeRobotSource(root, "", emb, cameras=cams, chunk_size=2, final_image_size=16, **KEYS)
+    src = LeRobotSource(
+        LeRobotOptions(
+            data_dir=root, t5_text_embeddings_path=emb, cameras=cams, chunk_size=2, final_image_size=16, **KEYS
+        )
+    )
     assert src.layout == full_layout(layout) and src.state_t == 11
     sample = src.get(0)
     assert sample["video"].shape[1] == src.num_frames
@@ -60,18 +64,3 @@ def test_bad_camera_roles():
         layout_for_cameras({"primary": "a", "primary2": "b", "wrist2": "c"})
     with pytest.raises(DataError, match="unknown role"):
         layout_for_cameras({"primary": "a", "side": "b"})
-
-
-def test_demo_copy_needs_the_real_writer(tmp_path, monkeypatch):
-    import importlib.util
-
-    from cosmos_policy_jax.data import demo_gen
-
-    if importlib.util.find_spec("lerobot") is not None:
-        pytest.skip("lerobot is installed here: the writer would run")
-    monkeypatch.delenv(demo_gen.LEROBOT_PYTHON_ENV, raising=False)
-    with pytest.raises(DataError, match=r"real lerobot package.*COSMOS_POLICY_LEROBOT_PYTHON"):
-        demo_gen._run_lerobot_writer(str(tmp_path / "in"), str(tmp_path / "out"))
-    monkeypatch.setenv(demo_gen.LEROBOT_PYTHON_ENV, "/bin/false")
-    with pytest.raises(DataError, match="lerobot writer failed"):
-        demo_gen._run_lerobot_writer(str(tmp_path / "in"), str(tmp_path / "out"))

@@ -113,7 +113,7 @@ def test_tiny_model_in_libero_through_the_command(tmp_path):
 
     from configs.cosmos_policy import get_config
     from cosmos_policy_jax.convert.dit import export_dit
-    from cosmos_policy_jax.data import text_stub
+    from cosmos_policy_jax.demo import text_stub
     from cosmos_policy_jax.models.dit import DiTConfig, MinimalV1LVGDiT
 
     config = get_config("libero,tiny")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from cosmos_policy_jax.data import transforms as T
+from cosmos_policy_jax.data.episodes import EpisodeSource
 from cosmos_policy_jax.data.epoch import CATEGORIES, calculate_epoch_structure
-from cosmos_policy_jax.data.sources import SOURCES, EpisodeSource
+from cosmos_policy_jax.data.registry import SOURCES
 from cosmos_policy_jax.data.statistics import POST_NORM_STATS_FILE, STATS_FILE
 from tests.fixture_utils import fixture_path, load_fixture
 
@@ -91,7 +92,9 @@ def _demo_only_source(root: str, info: dict, tensors: dict) -> EpisodeSource:
     kwargs.update(_reader_kwargs(info.get("dataset_kwargs", {})))
     kwargs.update(use_image_aug=False, demonstration_sampling_prob=1.0)
     cls = SOURCES[_kind_from_keys(keys)]
-    return cls(root, "", os.path.join(root, "t5_embeddings.pkl"), **kwargs)
+    return cls.from_config(
+        dict(data_dir=root, t5_text_embeddings_path=os.path.join(root, "t5_embeddings.pkl")), **kwargs
+    )
 
 
 def test_dataset_samples(tmp_path):
@@ -145,7 +148,12 @@ def _rollout_source(tmp_path, info: dict, **overrides) -> EpisodeSource:
     first = next(iter(info.get("sample_keys", info["samples"])))
     keys = info.get("sample_keys", {}).get(first, {})
     cls = SOURCES[_kind_from_keys(keys)]
-    return cls(demo_dir, os.path.join(root, rollout_sub), os.path.join(demo_dir, "t5_embeddings.pkl"), **kwargs)
+    paths = dict(
+        data_dir=demo_dir,
+        rollout_data_dir=os.path.join(root, rollout_sub),
+        t5_text_embeddings_path=os.path.join(demo_dir, "t5_embeddings.pkl"),
+    )
+    return cls.from_config(paths, **kwargs)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """``eval --save_rollouts``: episodes written in the reference's rollout layout and read back by the
-dataset reader (``data/sources.py``), checked against an independent replay of the environment."""
+dataset reader (``data/libero.py``), checked against an independent replay of the environment."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import os
 import numpy as np
 
 from configs.cosmos_policy import get_config
-from cosmos_policy_jax.data import demo_gen
-from cosmos_policy_jax.data.sources import LiberoSource
-from cosmos_policy_jax.eval import demo_env, main
+from cosmos_policy_jax.data.libero import LiberoSource
+from cosmos_policy_jax.demo import dataset as demo_dataset
+from cosmos_policy_jax.demo import env as demo_env
+from cosmos_policy_jax.demo import generate
+from cosmos_policy_jax.eval import main
 from tests.eval.test_rollout import _stats_file
 
 
@@ -36,15 +38,17 @@ def test_eval_writes_rollouts_the_dataset_reader_parses(tmp_path, monkeypatch):
 
     ds = config.dataloader_train.dataset
     root = str(tmp_path / "demo")  # a small demo dataset for the reader's demonstrations
-    demo_gen.generate_demo_dataset(
+    generate.generate_demo_dataset(
         root, num_episodes=4, num_rollouts=0, image_size=int(ds.final_image_size), action_dim=int(ds.action_dim),
         proprio_dim=int(ds.proprio_dim), text_len=int(ds.text_len), text_dim=int(ds.text_dim),
-        sim_config=demo_env.sim_config_from_manifest(demo_gen.demo_root(ds), int(ds.final_image_size)),
+        sim_config=demo_env.sim_config_from_manifest(demo_dataset.demo_root(ds), int(ds.final_image_size)),
     )  # fmt: skip
-    src = LiberoSource(
-        os.path.join(root, "success_only"),
-        str(out),
-        os.path.join(root, "success_only", "t5_embeddings.pkl"),
+    src = LiberoSource.from_config(
+        dict(
+            data_dir=os.path.join(root, "success_only"),
+            rollout_data_dir=str(out),
+            t5_text_embeddings_path=os.path.join(root, "success_only", "t5_embeddings.pkl"),
+        ),
         chunk_size=int(ds.chunk_size),
         final_image_size=int(ds.final_image_size),
         use_image_aug=False,
@@ -57,7 +61,7 @@ def test_eval_writes_rollouts_the_dataset_reader_parses(tmp_path, monkeypatch):
         assert len(src.rollouts) == 3
         by_index = {int(os.path.basename(r.path).split("--ep=")[1].split("--")[0]): r for r in src.rollouts}
         specs = demo_env.demo_episodes(opts.episodes, opts.seed)
-        sim = demo_env.sim_config_from_manifest(demo_gen.demo_root(ds), int(ds.final_image_size))
+        sim = demo_env.sim_config_from_manifest(demo_dataset.demo_root(ds), int(ds.final_image_size))
         for ep in report["episodes"]:
             r = by_index[ep["index"]]
             assert r.num_steps == ep["length"] and r.success == ep["success"]

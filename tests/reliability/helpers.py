@@ -171,11 +171,12 @@ def checkpoint_steps(job: Path | str) -> list[str]:
 def sample_in_micro_batch(micro_batch: int) -> int:
     """A sample index that the tiny config's pipeline (1 process, 4 devices) puts in ``micro_batch``."""
     from configs.cosmos_policy import get_config
-    from cosmos_policy_jax.data.pipeline import BatchPlan, make_source_for
+    from cosmos_policy_jax.data.pipeline import BatchPlan
+    from cosmos_policy_jax.data.registry import make_source
 
     cfg = get_config("tiny")
     loader = cfg.dataloader_train
-    source = make_source_for(loader.dataset, seed=loader.seed, layout=dict(cfg.model.latent_layout))
+    source = make_source(loader.dataset, seed=loader.seed, layout=dict(cfg.model.latent_layout))
     plan = BatchPlan(
         num_samples=len(source),
         dp_rank=0,

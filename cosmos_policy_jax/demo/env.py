@@ -1,6 +1,6 @@
-"""The demo reach task (``data/demo_sim.py``) behind the evaluation's ``VecEnv`` protocol.
+"""The demo reach task (``demo/sim.py``) behind the evaluation's ``VecEnv`` protocol.
 
-Observations are mapped the way ``data/demo_gen.py`` wrote the training data: the top view is the
+Observations are mapped the way ``demo/generate.py`` wrote the training data: the top view is the
 primary (``current_image``) camera, the agent-centred view the wrist (``current_wrist_image``)
 camera, and the 2-D agent position is repeated cyclically up to the dataset's proprio size
 (``[x, y, x, y, ...]``). The simulator reads the first two entries of a (7-D) action as the
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_policy_jax.data import demo_sim
+from cosmos_policy_jax.demo import sim as demo_sim
 from cosmos_policy_jax.eval.rollout import EpisodeSpec, Observation
 
-# demo_gen draws demo worlds from stream 1 and rollout worlds from stream 2; evaluation uses 3.
+# generate.py draws demo worlds from stream 1 and rollout worlds from stream 2; evaluation uses 3.
 EVAL_SEED_STREAM = 3
 
 
@@ -49,7 +49,7 @@ def sim_config_from_manifest(root: str, image_size: int) -> demo_sim.DemoReachCo
 
 
 def cyclic_pad(x: np.ndarray, dim: int) -> np.ndarray:
-    """Repeat the columns of ``x`` cyclically up to ``dim`` columns (demo_gen's action/proprio layout)."""
+    """Repeat the columns of ``x`` cyclically up to ``dim`` columns (generate.py's action/proprio layout)."""
     return x[..., np.arange(dim) % x.shape[-1]]
 
 
