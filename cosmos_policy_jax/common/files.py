@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,3 +71,25 @@ def atomic_write_json(
     """``json.dump`` to ``path`` atomically; an object that does not serialise leaves ``path`` as it was."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, sort_keys=sort_keys, default=default)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, prefix: str | None = None) -> Iterator[str]:
+    """A fresh temporary directory next to ``path`` to fill; renamed to ``path`` when the block ends
+    without an exception, and removed in every case.
+
+    Several processes may build the same directory at once: the first rename wins, the others keep
+    the winner's copy and drop their own (the caller checks the result if copies can differ)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=prefix or f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -14,10 +14,10 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from cosmos_policy_jax.common.files import atomic_dir
 from cosmos_policy_jax.common.paths import expand_required
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.libero import LiberoSource
@@ -102,21 +102,11 @@ def ensure_demo_dataset(dataset_cfg: Any, *, jpeg: bool = False) -> str:
             ) from e
         _remove_abandoned_temporaries(parent, os.path.basename(root))
         # The owner's host and pid in the name: a later start can tell an abandoned copy from a live one.
-        tmp = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(root)}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=parent
-        )
-        try:
+        prefix = f".{os.path.basename(root)}.tmp-{socket.gethostname()}-{os.getpid()}-"
+        # Another process may finish first: its copy is kept and checked below.
+        with atomic_dir(root, prefix=prefix) as tmp:
             generate_demo_dataset(tmp, **params, sim_config=sim_config)
             _prepare_statistics(tmp, dataset_cfg)
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not os.path.isdir(root):
-                    raise
-                # Another process finished first: use its copy (checked below).
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
     _check_manifest(root, {**params, "object_layout": layout})
     return root
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import h5py
 import numpy as np
 
+from cosmos_policy_jax.common.files import atomic_dir
 from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.hdf5 import find_hdf5_files
 from cosmos_policy_jax.data.libero import libero_instruction
@@ -98,22 +98,13 @@ def ensure_lerobot_copy(root: str) -> tuple[str, str]:
     """``(demos, rollouts)``: the demo dataset at ``root`` as two LeRobot datasets (made on first use, atomically)."""
     out = os.path.join(root, LEROBOT_DIR)
     if not os.path.isdir(out):
-        tmp = tempfile.mkdtemp(prefix=f".{LEROBOT_DIR}.tmp-", dir=root)
-        try:
+        with atomic_dir(out) as tmp:
             demos, rollouts = _hdf5_episodes(root)
             for name, eps in (("demos", demos), ("rollouts", rollouts)):
                 if eps:
                     _export_episodes(os.path.join(tmp, f"{name}_npz"), eps)
                     _run_lerobot_writer(os.path.join(tmp, f"{name}_npz"), os.path.join(tmp, name))
                     shutil.rmtree(os.path.join(tmp, f"{name}_npz"))
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                if not os.path.isdir(out):
-                    raise
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
     rollouts_dir = os.path.join(out, "rollouts")
     return os.path.join(out, "demos"), rollouts_dir if os.path.isdir(rollouts_dir) else ""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -59,3 +60,30 @@ def test_atomic_path_serves_writers_that_take_a_file_name(tmp_path):
     with files.atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, x=np.arange(3))
     np.testing.assert_array_equal(np.load(target)["x"], np.arange(3))
+
+
+def test_atomic_dir_publishes_the_filled_directory(tmp_path):
+    target = tmp_path / "built"
+    with files.atomic_dir(target) as tmp:
+        assert not target.exists()
+        (pathlib.Path(tmp) / "a.txt").write_text("x")
+    assert (target / "a.txt").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]
+
+
+def test_atomic_dir_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "built"
+    with pytest.raises(RuntimeError), files.atomic_dir(target) as tmp:
+        (pathlib.Path(tmp) / "a.txt").write_text("x")
+        raise RuntimeError("generation failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_the_copy_of_a_process_that_finished_first(tmp_path):
+    target = tmp_path / "built"
+    with files.atomic_dir(target) as tmp:
+        (pathlib.Path(tmp) / "mine.txt").write_text("late")
+        target.mkdir()  # another process renamed its copy in meanwhile
+        (target / "theirs.txt").write_text("first")
+    assert sorted(p.name for p in target.iterdir()) == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]
