@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from cosmos_policy_jax.config_lib import REMAT_POLICIES
 from cosmos_policy_jax.models import layers
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# ``model.net.remat_policy`` values ("none": no remat, "full": save nothing); see ``remat_policy``.
+REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 # Constructor arguments of the reference network that this port does not need. Each maps to a
 # predicate telling whether the value is one we implement (anything else is refused by name).
