@@ -60,11 +60,6 @@ def latent_num_frames(num_pixel_frames: int) -> int:
     return 1 + (int(num_pixel_frames) - 1) // TEMPORAL_FACTOR
 
 
-def pixel_num_frames(num_latent_frames: int) -> int:
-    """Pixel frames decoded from ``num_latent_frames`` latent frames."""
-    return TEMPORAL_FACTOR * (int(num_latent_frames) - 1) + 1
-
-
 @dataclasses.dataclass(frozen=True)
 class WanVAEConfig:
     """Sizes of ``WanVAE_`` (the reference's names, including its ``temperal`` spelling).
