@@ -6,7 +6,6 @@ the offending key, so a user fixes a config in one round trip instead of one err
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,10 +20,6 @@ from cosmos_policy_jax.common.git import git_commit
 from cosmos_policy_jax.common.paths import expand_path, unset_message
 from cosmos_policy_jax.common.plain import to_plain
 
-# Kept here (not in the model modules) so that the models import no config code beyond these names.
-CONV_IMPLS = ("auto", "conv3d", "taps")  # model.tokenizer.conv_impl (models/vae.py)
-REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
-DATASET_KINDS = ("libero", "robocasa", "aloha", "demo", "synthetic", "lerobot")
 DEFAULT_OUTPUT_ROOT = "outputs"
 
 
@@ -253,6 +248,8 @@ def _check_optimizer(config) -> list[str]:
 
 
 def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
+    from cosmos_policy_jax.data.registry import DATASET_KINDS  # the kinds that have a source
+
     p = []
     for section in ("dataloader_train", "dataloader_val"):
         dl = config[section]
@@ -451,7 +448,3 @@ def job_env_info() -> dict:
         "hostname": os.uname().nodename,
         "env": {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "SLURM_JOB", "CUDA_VISIBLE"))},
     }
-
-
-def pretty(config) -> str:
-    return json.dumps(to_plain_dict(config), indent=2, sort_keys=True)

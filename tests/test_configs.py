@@ -230,6 +230,7 @@ def test_compression_factors_must_match_the_vae_shape():
         ("trainer.max_iter", 2**70, "trainer.max_iter: integer"),
         ("trainer.max_iter", 2**31, "trainer.max_iter: max_iter x grad_accum_iter"),
         ("dataloader_train.batch_size", 2**64, "dataloader_train.batch_size: integer"),
+        ("dataloader_val.dataset.kind", "nope", "dataloader_val.dataset.kind: must be one of ('libero',"),
     ],
 )
 def test_values_outside_their_meaning_are_one_problem(key, value, expect):

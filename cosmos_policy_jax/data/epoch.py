@@ -106,6 +106,3 @@ class StepIndex:
             raise IndexError(f"step {step} out of range for {self.total} steps")
         episode = int(np.searchsorted(self._starts, step, side="right")) - 1
         return episode, int(step - self._starts[episode])
-
-    def first_step(self, episode: int) -> int:
-        return int(self._starts[episode])

@@ -71,6 +71,8 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "synthetic": _synthetic,
     "demo": _demo,
 }
+# The values ``dataset.kind`` may take (config validation checks against this).
+DATASET_KINDS = tuple(FACTORIES)
 
 
 def make_source(

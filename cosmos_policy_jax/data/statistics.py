@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -113,9 +112,3 @@ def normalize(x: np.ndarray, stats: dict[str, np.ndarray], group: str) -> np.nda
     lo, hi = stats[f"{group}_min"], stats[f"{group}_max"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return 2 * ((x - lo) / (hi - lo)) - 1
-
-
-def constant_dimensions(stats: dict[str, np.ndarray], group: str) -> list[int]:
-    """Dimensions whose min equals max (normalising them divides by zero)."""
-    lo, hi = stats[f"{group}_min"], stats[f"{group}_max"]
-    return [i for i in range(lo.shape[0]) if not math.isfinite(float(hi[i] - lo[i])) or hi[i] == lo[i]]

@@ -46,12 +46,6 @@ def sampler_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: fl
     return karras_schedule(sigma_min, sigma_max, max(num_steps - 1, 1), rho)
 
 
-def euler_step(x: np.ndarray, s: float, t: float, x0: np.ndarray) -> np.ndarray:
-    """x0-parameterised Euler step from sigma s to t: x <- (t/s) x + (1 - t/s) x0."""
-    r = t / s
-    return r * x + (1.0 - r) * x0
-
-
 def _phi1(z: np.ndarray) -> np.ndarray:
     return np.expm1(z) / z
 
@@ -73,12 +67,6 @@ def ab2_coefficients(s: float, t: float, s_prev: float) -> tuple[float, float, f
     phi1, phi2 = _phi1(z), _phi2(z)
     b_prev = phi2 / c2
     return float(np.exp(z)), float(h * (phi1 - b_prev)), float(h * b_prev)
-
-
-def ab2_step(x: np.ndarray, s: float, t: float, x0: np.ndarray, s_prev: float, x0_prev: np.ndarray) -> np.ndarray:
-    """Second-order Adams-Bashforth step in log-sigma using the previous step's x0 prediction."""
-    a, b_cur, b_prev = ab2_coefficients(s, t, s_prev)
-    return a * x + b_cur * x0 + b_prev * x0_prev
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,8 +114,3 @@ def draw_training_sigma_and_epsilon(
     sigma = apply_high_sigma_strategy(k_high, sigma, high_sigma_strategy, high_sigma_ratio)
     epsilon = jax.random.normal(k_eps, x0_shape, jnp.float32)
     return sigma[:, None], epsilon
-
-
-def marginal_prob(x0: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean and std of x_t | x0 for the variance-exploding SDE: (x0, sigma)."""
-    return x0, sigma

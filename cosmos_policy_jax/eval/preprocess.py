@@ -129,12 +129,3 @@ def normalize_proprio(proprio: np.ndarray, stats: dict[str, np.ndarray]) -> np.n
         raise ValueError(f"proprio has {x.shape[-1]} dims but the statistics have {lo.shape[0]}")
     with np.errstate(divide="ignore", invalid="ignore"):
         return 2 * ((x - lo) / (hi - lo)) - 1
-
-
-def unnormalize_actions(actions: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Inverse of the training normalisation: ``0.5 * (a + 1) * (max - min) + min`` (float64)."""
-    lo, hi = np.asarray(stats["actions_min"], np.float64), np.asarray(stats["actions_max"], np.float64)
-    a = np.asarray(actions, np.float64)
-    if a.shape[-1] != lo.shape[0]:
-        raise ValueError(f"actions have {a.shape[-1]} dims but the statistics have {lo.shape[0]}")
-    return 0.5 * (a + 1) * (hi - lo) + lo

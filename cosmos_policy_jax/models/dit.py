@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from cosmos_policy_jax.config_lib import REMAT_POLICIES
 from cosmos_policy_jax.models import layers
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# ``model.net.remat_policy`` values ("none": no remat, "full": save nothing); see ``remat_policy``.
+REMAT_POLICIES = ("none", "full", "attention_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 # Constructor arguments of the reference network that this port does not need. Each maps to a
 # predicate telling whether the value is one we implement (anything else is refused by name).
@@ -133,38 +134,6 @@ class DiTConfig:
             elif name in kwargs and f.type in ("bool", bool):
                 kwargs[name] = bool(kwargs[name])
         return cls(**kwargs)
-
-    def create(self, rngs: nnx.Rngs) -> MinimalV1LVGDiT:
-        return MinimalV1LVGDiT(self, rngs=rngs)
-
-    def inputs_spec(
-        self, batch: int = 1, frames: int = 9, height: int = 28, width: int = 28, text_len: int = 512
-    ) -> dict[str, jax.ShapeDtypeStruct]:
-        """Shapes of the network inputs (keyword names of ``__call__``); height/width are latent sizes."""
-        f32 = jnp.float32
-        spec = {
-            "x_B_C_T_H_W": jax.ShapeDtypeStruct((batch, self.in_channels, frames, height, width), f32),
-            "timesteps_B_T": jax.ShapeDtypeStruct((batch, frames), f32),
-            "crossattn_emb_B_L_D": jax.ShapeDtypeStruct((batch, text_len, self.crossattn_emb_channels), f32),
-            "condition_video_input_mask_B_C_T_H_W": jax.ShapeDtypeStruct((batch, 1, frames, height, width), f32),
-        }
-        if self.concat_padding_mask:
-            spec["padding_mask_B_1_H_W"] = jax.ShapeDtypeStruct((batch, 1, 8 * height, 8 * width), f32)
-        return spec
-
-    def fake_inputs(self, key: jax.Array, **sizes) -> dict[str, jax.Array]:
-        """Random inputs matching ``inputs_spec(**sizes)`` (binary masks, timesteps in [0, 1))."""
-        spec = self.inputs_spec(**sizes)
-        keys = dict(zip(spec, jax.random.split(key, len(spec))))
-        out = {}
-        for name, s in spec.items():
-            if "mask" in name:
-                out[name] = (jax.random.uniform(keys[name], s.shape) > 0.5).astype(s.dtype)
-            elif name == "timesteps_B_T":
-                out[name] = jax.random.uniform(keys[name], s.shape, s.dtype)
-            else:
-                out[name] = jax.random.normal(keys[name], s.shape, s.dtype)
-        return out
 
     @property
     def head_dim(self) -> int:
@@ -609,28 +578,7 @@ class MinimalV1LVGDiT(nnx.Module):
 # Construction helpers
 
 
-def count_params(abstract_state) -> int:
-    """Number of parameter elements in a model, an ``nnx.State`` or any pytree of arrays/ShapeDtypeStructs."""
-    if isinstance(abstract_state, nnx.Module):
-        abstract_state = nnx.state(abstract_state, nnx.Param)
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state) if hasattr(x, "shape")))
-
-
 def abstract_model(cfg: DiTConfig, mesh: jax.sharding.Mesh, rules) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, abstract state of ShapeDtypeStructs with NamedShardings), no memory allocated."""
     with nnx.logical_axis_rules(tuple(rules)):
         return nnx.get_abstract_model(lambda: MinimalV1LVGDiT(cfg, rngs=nnx.Rngs(0)), mesh)
-
-
-def init_sharded(cfg: DiTConfig, mesh: jax.sharding.Mesh, rules, key: jax.Array) -> MinimalV1LVGDiT:
-    """Initialise directly into the shardings given by the logical-axis ``rules`` (never unsharded)."""
-    graphdef, abstract = abstract_model(cfg, mesh, rules)
-    shardings = jax.tree.map(lambda a: a.sharding, abstract)
-
-    def init(k: jax.Array) -> nnx.State:
-        with nnx.logical_axis_rules(tuple(rules)):
-            return nnx.state(MinimalV1LVGDiT(cfg, rngs=nnx.Rngs(params=k)))
-
-    with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)(key)
-    return nnx.merge(graphdef, state)

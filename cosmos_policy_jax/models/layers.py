@@ -7,7 +7,7 @@ and PyTorch's LayerNorm do on bf16 inputs).
 
 Parameters are created with ``eager_sharding=False``: a module can be built without a mesh (tests,
 CPU tools); sharded placement comes from the logical names through ``nnx.get_abstract_model`` and
-``jax.jit(..., out_shardings=...)`` (see ``models/dit.py:init_sharded``).
+``jax.jit(..., out_shardings=...)`` (see ``models/dit.py:abstract_model``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ import numpy as np
 from flax import nnx
 
 from cosmos_policy_jax import xla_env
-from cosmos_policy_jax.config_lib import CONV_IMPLS
 
 # Per-channel statistics of Wan2.1 posterior means (REFERENCE.md 3.1); encode returns (mu - mean) / std.
 LATENT_MEAN: tuple[float, ...] = (
@@ -50,7 +49,8 @@ LATENT_STD: tuple[float, ...] = (
 )  # fmt: skip
 
 TEMPORAL_FACTOR = 4
-SPATIAL_FACTOR = 8
+# ``model.tokenizer.conv_impl`` values; see ``resolve_conv_impl``.
+CONV_IMPLS = ("auto", "conv3d", "taps")
 _DTYPES = ("float32", "bfloat16", "float16")
 _RMS_EPS = 1e-12  # torch F.normalize clamps the L2 norm at this value
 
@@ -58,11 +58,6 @@ _RMS_EPS = 1e-12  # torch F.normalize clamps the L2 norm at this value
 def latent_num_frames(num_pixel_frames: int) -> int:
     """Latent frames of a ``1 + 4k``-frame video (the first frame is encoded alone)."""
     return 1 + (int(num_pixel_frames) - 1) // TEMPORAL_FACTOR
-
-
-def pixel_num_frames(num_latent_frames: int) -> int:
-    """Pixel frames decoded from ``num_latent_frames`` latent frames."""
-    return TEMPORAL_FACTOR * (int(num_latent_frames) - 1) + 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,13 +110,6 @@ class LatentLayout:
         """Latent frames of the used slots among ``slots``."""
         return tuple(self.index(s) for s in slots if self.has(s))
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(zip(SLOTS, self.indices))
-
-    @property
-    def used_slots(self) -> tuple[str, ...]:
-        return tuple(s for s in SLOTS if self.has(s))
-
     @property
     def image_slots(self) -> tuple[str, ...]:
         return tuple(s for s in IMAGE_SLOTS if self.has(s))

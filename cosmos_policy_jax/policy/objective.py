@@ -9,7 +9,6 @@ logged metric. Batch floats enter in ``cfg.precision``; the loss math is float32
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -231,8 +230,3 @@ def _loss_metrics(
     metrics = jax.lax.stop_gradient(metrics)
     metrics["loss"] = loss
     return metrics
-
-
-def sigma_multiplier(cfg: PolicyConfig) -> float:
-    """The factor applied to the base sigma draw (sqrt(state_t) for video batches)."""
-    return math.sqrt(cfg.state_t) if cfg.adjust_video_noise else 1.0

@@ -77,11 +77,6 @@ def accumulate(inner: optax.GradientTransformation, k: int) -> optax.MultiSteps:
     return optax.MultiSteps(inner, every_k_schedule=k, should_skip_update_fn=optax.skip_not_finite)
 
 
-def optimizer_step_count(opt_state: optax.MultiStepsState | SingleStepState) -> jax.Array:
-    """Number of optimizer (not micro) steps applied so far."""
-    return opt_state.gradient_step
-
-
 # --- power EMA (EDM2), REFERENCE.md 7.8 ---------------------------------------------------------
 
 

@@ -56,7 +56,6 @@ def test_step_index():
     assert idx.total == 9
     got = [idx(s) for s in range(9)]
     assert got == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
-    assert idx.first_step(3) == 5
     with pytest.raises(IndexError):
         idx(9)
 

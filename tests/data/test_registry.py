@@ -70,10 +70,3 @@ def test_list_instructions(libero):
     assert got == sorted(info["commands"])
     assert libero_instruction("/x/KITCHEN_SCENE3_turn_on_the_stove_demo.hdf5") == "turn on the stove"
     assert libero_instruction("/x/pick_up_the_book_demo.hdf5") == "pick up the book"
-
-
-def test_every_config_kind_has_a_factory():
-    from cosmos_policy_jax.config_lib import DATASET_KINDS
-    from cosmos_policy_jax.data.registry import FACTORIES
-
-    assert sorted(FACTORIES) == sorted(DATASET_KINDS)

@@ -53,7 +53,8 @@ def test_2ab_integrates_x0_linear_in_log_sigma_exactly():
     sampler.sample(den, x_t.astype(np.float32), num_steps, lo, hi, 7.0, "2ab")
     sig = sampler.karras_schedule(lo, hi, num_steps - 1, 7.0)
     x_t64 = x_t.astype(np.float32).astype(np.float64)
-    x1 = sampler.euler_step(x_t64, sig[0], sig[1], A + B * -np.log(np.float64(np.float32(sig[0]))))
+    r = sig[1] / sig[0]  # the x0-parameterised Euler step: x <- r x + (1 - r) x0
+    x1 = r * x_t64 + (1.0 - r) * (A + B * -np.log(np.float64(np.float32(sig[0]))))
     l1, ln = -np.log(sig[1]), -np.log(sig[-1])
     e = np.exp(-(ln - l1))
     expected = e * x1 + A * (1 - e) + B * ((ln - 1) - e * (l1 - 1))

@@ -17,7 +17,6 @@ from cosmos_policy_jax.models.dit import (
     DiTConfig,
     MinimalV1LVGDiT,
     abstract_model,
-    count_params,
     nearest_resize_indices,
     patchify,
     rope_angles,
@@ -200,16 +199,6 @@ def test_forward_shapes_video_and_image_non_square():
     assert not np.allclose(out, _run(model, x, ts, text, cond, 1 - pad, return_intermediates=True)[0])
 
 
-def test_fake_inputs_match_spec_and_run():
-    cfg = _tiny_cfg(num_blocks=1)
-    sizes = dict(batch=1, frames=2, height=4, width=6, text_len=3)
-    spec = cfg.inputs_spec(**sizes)
-    inputs = cfg.fake_inputs(jax.random.key(0), **sizes)
-    assert {k: (v.shape, v.dtype) for k, v in inputs.items()} == {k: (v.shape, v.dtype) for k, v in spec.items()}
-    out = _run(cfg.create(nnx.Rngs(0)), *inputs.values())
-    assert out.shape == (1, cfg.out_channels, 2, 4, 6)
-
-
 def test_bad_inputs_raise_clear_errors():
     cfg = _tiny_cfg()
     model = MinimalV1LVGDiT(cfg, rngs=nnx.Rngs(0))
@@ -347,7 +336,7 @@ def test_2b_abstract_init_count_and_per_device_bytes():
     mesh = make_mesh(c.parallel)
     cfg = DiTConfig.from_config(c.model.net)
     _, abstract = abstract_model(cfg, mesh, c.parallel.logical_axis_rules)
-    n = count_params(abstract)
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract) if hasattr(x, "shape"))
     # Independent count from the architecture (REFERENCE 2.1/2.10).
     d, k, m, r, hd, p = 2048, 1024, 8192, 256, 128, 18 * 4
     per_block = 4 * d * d + 2 * d * d + 2 * k * d + 4 * hd + 2 * d * m + 3 * (d * r + r * 3 * d)

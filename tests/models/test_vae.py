@@ -91,8 +91,8 @@ def test_conv_impl_auto_resolution(monkeypatch):
 
 def test_frame_counts_round_trip():
     for n_latent in range(1, 12):
-        assert V.latent_num_frames(V.pixel_num_frames(n_latent)) == n_latent
-    assert V.pixel_num_frames(9) == 33  # LIBERO's 9 latent frames (REFERENCE.md 3.1)
+        assert V.latent_num_frames(1 + 4 * (n_latent - 1)) == n_latent
+    assert V.latent_num_frames(33) == 9  # LIBERO's 9 latent frames (REFERENCE.md 3.1)
     assert V.latent_num_frames(1) == 1
 
 
@@ -172,7 +172,7 @@ def test_encode_decode_shapes_and_dtypes():
     inv = (1.0 / np.asarray(V.LATENT_STD, np.float32))[None, :, None, None, None]
     np.testing.assert_allclose(np.asarray(z), (np.asarray(mu) - mean) * inv, rtol=1e-6, atol=1e-6)
     x = model.decode(z)
-    assert x.shape == (2, 3, V.pixel_num_frames(z.shape[2]), 16, 24) and x.dtype == jnp.float32
+    assert x.shape == (2, 3, 1 + 4 * (z.shape[2] - 1), 16, 24) and x.dtype == jnp.float32
     assert model.decode(z[:, :, :1]).shape == (2, 3, 1, 16, 24)
 
 
