@@ -1,4 +1,4 @@
-"""The training loop (REFERENCE.md section 7 with the JAX ecosystem's parts).
+"""The training loop: set-up, then optimizer steps with logging, validation and checkpoints.
 
 One trainer iteration = one optimizer step = ``grad_accum_iter`` calls of the jitted micro-step.
 The host never waits on the device between sync points: metrics stay on device until a logging
@@ -11,12 +11,12 @@ non-finite are made up for there, so checkpoints always sit on window boundaries
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
-import signal
-import threading
-import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,7 +34,9 @@ from cosmos_policy_jax.training import joblock
 from cosmos_policy_jax.training.assets import build_policy_assets, write_export_manifest
 from cosmos_policy_jax.training.callbacks import Callback, build_callbacks, read_jsonl_lines
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
+from cosmos_policy_jax.training.metrics import MetricsWindow, peak_tflops
 from cosmos_policy_jax.training.optimizer import make_optimizer
+from cosmos_policy_jax.training.preemption import Preemption
 from cosmos_policy_jax.training.state import (
     TrainState,
     abstract_train_state,
@@ -51,54 +53,6 @@ from cosmos_policy_jax.training.validation import Validator
 
 # Metrics that measure time/speed/memory: they differ between otherwise identical runs.
 TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s", "time")
-
-# Dense bf16 peak TFLOP/s per device for MFU, by device kind substring (override: trainer.peak_tflops).
-PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "B200": 2250.0, "L40S": 362.0, "TPU v5p": 459.0}
-
-
-class Preemption:
-    """SIGTERM/SIGINT set a flag; the loop finishes the current step, saves, and exits."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        logging.warning("received signal %d: will checkpoint after the current step and exit", signum)
-        self.requested = True
-        if signum == signal.SIGINT:  # a second Ctrl-C kills at once, even inside a stuck step
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            print("[cosmos_policy_jax] interrupted: saving after this step (Ctrl-C again aborts)", flush=True)
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-    def any_process(self) -> bool:
-        """All processes must stop at the same iteration: agree on the flag."""
-        if jax.process_count() == 1:
-            return self.requested
-        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-        return bool(np.asarray(flags).any())
-
-
-def _peak_tflops(config) -> float | None:
-    peak = float(config.trainer.get("peak_tflops", 0.0) or 0.0)
-    if peak > 0:
-        return peak
-    kind = jax.devices()[0].device_kind
-    for key, value in PEAK_TFLOPS_BF16.items():
-        if key in kind:
-            return value if config.model.net.dtype != "float32" else value / 2.0
-    return None
 
 
 def _write_job_files(config, launch_info: dict) -> None:
@@ -123,20 +77,94 @@ def _seed_host_rngs(seed: int) -> None:
     )
 
 
-def _average(window: list[dict]) -> dict[str, float]:
-    """Mean over the micro-steps since the last log; NaN entries (empty selections) are skipped."""
-    fetched = jax.device_get(window)
-    out: dict[str, float] = {}
-    for key in fetched[-1]:
-        vals = np.asarray([np.asarray(m[key], np.float64).mean() for m in fetched])
-        if key in ("nonfinite_steps", "optimizer_step", "loss_scale", "lr"):
-            out[key] = float(vals[-1])
-        elif key == "finite":
-            out["nonfinite_in_window"] = float(np.sum(vals == 0))
-        else:
-            finite = vals[np.isfinite(vals)]
-            out[key] = float(finite.mean()) if finite.size else float("nan")
-    return out
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+    """Whether a periodic action is due at ``step``: every ``every`` steps and, with ``last``, at the
+    final step ``total`` as well."""
+    return (every > 0 and step % every == 0) or (last and step == total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """The iterations at which the loop logs, saves and validates, and where it stops."""
+
+    total: int
+    log: int
+    save: int
+    validate: int
+
+    @classmethod
+    def from_config(cls, config) -> Cadence:
+        t = config.trainer
+        return cls(int(t.max_iter), int(t.logging_iter), int(config.checkpoint.save_iter), int(t.validation_iter))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What the set-up built for the loop; fixed for the run."""
+
+    step: Callable[..., tuple[TrainState, dict]]  # the jitted micro-step
+    vae_params: Any
+    dit_rest: Any
+    feed: DataFeed
+    validator: Validator | None
+    ck: ckpt_lib.Checkpointer
+    defs: Any
+    cadence: Cadence
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What the loop advances. ``iteration`` counts optimizer steps (equal to the applied ones at every
+    sync point); ``data_state`` is the pipeline's state after the last batch read; ``pending`` is the
+    batch read during set-up, used by the first micro-step."""
+
+    iteration: int
+    state: TrainState
+    data_state: bytes | None
+    pending: tuple[dict, bytes] | None = None
+    exit_code: int = 0
+
+
+def _micro_step(parts: _Parts, progress: _Progress, window: MetricsWindow) -> None:
+    """The jitted micro-step on the next batch; its metrics go to the window, still on device."""
+    if progress.pending is not None:
+        (batch, progress.data_state), progress.pending = progress.pending, None
+    else:
+        batch, progress.data_state = window.wait_for(parts.feed.next)
+    progress.state, metrics = parts.step(progress.state, batch, parts.vae_params, parts.dit_rest)
+    window.add(metrics)
+
+
+def _catch_up(parts: _Parts, progress: _Progress, window: MetricsWindow, k: int) -> None:
+    """Make up for micro-batches dropped as non-finite, so that optimizer steps == iteration."""
+    extra = 0
+    while int(progress.state.opt_state.gradient_step) < progress.iteration:
+        extra += 1
+        if extra > 100 * k:
+            raise FloatingPointError(
+                f"training diverged: {extra} consecutive non-finite micro-steps at iteration {progress.iteration}"
+            )
+        _micro_step(parts, progress, window)
+
+
+def _metrics_window(config, gbs: int, k: int) -> MetricsWindow:
+    return MetricsWindow(
+        flops_per_sample=flops_lib.train_flops_per_sample(config)["total"],
+        global_batch=gbs,
+        grad_accum=k,
+        n_devices=jax.device_count(),
+        peak_tflops=peak_tflops(config),
+    )
+
+
+def _print_run_summary(mesh, gbs: int, dp_procs: int, k: int, flops_per_sample: float) -> None:
+    print(
+        f"[cosmos_policy_jax] mesh {dict(mesh.shape)}; global batch {gbs} ({gbs // dp_procs} per process, "
+        f"{data_parallel_size(mesh)} data-parallel devices); grad_accum_iter {k}; "
+        f"{flops_per_sample:.3g} model FLOPs per sample"
+        + (f"; {note}" if (note := xla_env.cpu_kernels_note(jax.default_backend())) else ""),
+        flush=True,
+    )
 
 
 class Trainer:
@@ -278,130 +306,98 @@ class Trainer:
             shardings_of(defs.dit_abstract_rest),
             mesh,
         )
-        flops = flops_lib.train_flops_per_sample(config)
-        peak = _peak_tflops(config)
-        n_dev = jax.device_count()
+        window = _metrics_window(config, gbs, self.k)
         if self.is_main:
-            print(
-                f"[cosmos_policy_jax] mesh {dict(mesh.shape)}; global batch {gbs} ({gbs // dp_procs} per process, "
-                f"{data_parallel_size(mesh)} data-parallel devices); grad_accum_iter {self.k}; "
-                f"{flops['total']:.3g} model FLOPs per sample"
-                + (f"; {note}" if (note := xla_env.cpu_kernels_note(jax.default_backend())) else ""),
-                flush=True,
-            )
+            _print_run_summary(mesh, gbs, dp_procs, self.k, window.flops_per_sample)
+        parts = _Parts(
+            step=jitted,
+            vae_params=vae_params,
+            dit_rest=dit_rest,
+            feed=feed,
+            validator=validator,
+            ck=ck,
+            defs=defs,
+            cadence=Cadence.from_config(config),
+        )
+        progress = _Progress(start_iter, state, data_state, pending=(first_batch, first_data_state))
+        return self._train(parts, progress, window)
 
+    # -- the loop's steps ----------------------------------------------------------------------
+
+    def _train(self, parts: _Parts, progress: _Progress, window: MetricsWindow) -> int:
         self.preemption.install()
         for cb in self.callbacks:
-            cb.on_train_start(self, start_iter)
-        iteration = start_iter
-        max_iter = int(config.trainer.max_iter)
-        log_every = int(config.trainer.logging_iter)
-        save_every = int(config.checkpoint.save_iter)
-        val_every = int(config.trainer.validation_iter)
-        window: list[dict] = []
-        pending = (first_batch, first_data_state)
-        last_saved = start_iter
-        exit_code = 0
-        micro = 0
-        t_window = None
-        data_wait = 0.0
-        consecutive_skips = 0
-
-        def next_batch():
-            nonlocal pending, data_wait
-            if pending is not None:
-                out, pending = pending, None
-                return out
-            t0 = time.monotonic()
-            out = feed.next()
-            data_wait += time.monotonic() - t0
-            return out
-
-        with jax.set_mesh(mesh):
-            while iteration < max_iter:
-                for _ in range(self.k):
-                    batch, data_state = next_batch()
-                    state, metrics = jitted(state, batch, vae_params, dit_rest)
-                    window.append(metrics)
-                    micro += 1
-                if t_window is None:  # the first call compiled: time from here on
-                    jax.block_until_ready(metrics)
-                    t_window, micro, data_wait = time.monotonic(), 0, 0.0
-                iteration += 1
-                if jax.process_count() > 1:
-                    # Agreeing is a collective: every process must call it at the same iterations, so only
-                    # at logging points (a signal reaches the processes at different steps).
-                    preempt = self.preemption.any_process() if iteration % log_every == 0 else False
-                else:
-                    preempt = self.preemption.requested
-                sync = (
-                    iteration % log_every == 0
-                    or iteration % save_every == 0
-                    or iteration == max_iter
-                    or preempt
-                    or (validator is not None and iteration % val_every == 0)
-                )
-                if not sync:
-                    continue
-                # Make up for micro-batches dropped as non-finite so that optimizer steps == iteration.
-                while int(state.opt_state.gradient_step) < iteration:
-                    consecutive_skips += 1
-                    if consecutive_skips > 100 * self.k:
-                        raise FloatingPointError(
-                            f"training diverged: {consecutive_skips} consecutive non-finite micro-steps at iteration {iteration}"
-                        )
-                    batch, data_state = next_batch()
-                    state, metrics = jitted(state, batch, vae_params, dit_rest)
-                    window.append(metrics)
-                    micro += 1
-                consecutive_skips = 0
-                if iteration % log_every == 0 or iteration == max_iter:
-                    logged = _average(window)
-                    now = time.monotonic()
-                    if micro > 0:  # the window after the compiling first step may be empty
-                        elapsed = max(now - t_window, 1e-9)
-                        sps = micro * gbs / elapsed
-                        logged.update(
-                            step_time_s=elapsed / (micro / self.k),
-                            samples_per_s=sps,
-                            tflops_per_device=flops["total"] * sps / n_dev / 1e12,
-                            data_wait_s=data_wait,
-                        )
-                        if peak:
-                            logged["mfu"] = logged["tflops_per_device"] / peak
-                    for cb in self.callbacks:
-                        if self.is_main or cb.all_processes:
-                            cb.on_step_end(self, iteration, logged)
-                    window, micro, data_wait, t_window = [], 0, 0.0, time.monotonic()
-                if validator is not None and iteration % val_every == 0:
-                    vmetrics = validator.run(state.params, vae_params, dit_rest, iteration)
-                    for cb in self.callbacks:
-                        if self.is_main or cb.all_processes:
-                            cb.on_validation_end(self, iteration, vmetrics)
-                if iteration % save_every == 0 or iteration == max_iter or preempt:
-                    self._save(ck, iteration, state, data_state)
-                    last_saved = iteration
-                if preempt:
-                    ck.wait()
-                    exit_code = int(config.trainer.exit_code_on_preemption)
-                    logging.warning("preempted: checkpoint %d written, exiting with %d", iteration, exit_code)
-                    if self.is_main:
-                        print(f"[cosmos_policy_jax] preempted at iteration {iteration}; checkpoint saved", flush=True)
+            cb.on_train_start(self, progress.iteration)
+        with jax.set_mesh(self.mesh):
+            while progress.iteration < parts.cadence.total:
+                if self._iteration(parts, progress, window):
                     break
-            if exit_code == 0 and last_saved != iteration:
-                self._save(ck, iteration, state, data_state)
-        ck.wait()
-        feed.close()
-        if validator is not None:
-            validator.close()
+        return self._finish(parts, progress)
+
+    def _iteration(self, parts: _Parts, progress: _Progress, window: MetricsWindow) -> bool:
+        """One optimizer step, then what is due at the new iteration; True when preempted."""
+        for _ in range(self.k):
+            _micro_step(parts, progress, window)
+        if not window.started:  # the first micro-steps compiled: time from here on
+            window.start_clock()
+        progress.iteration += 1
+        it, c = progress.iteration, parts.cadence
+        # Several processes agree on a preemption only at logging points (see Preemption.stop_now).
+        preempt = self.preemption.stop_now(agreement_point=itstime(it, c.log, c.total, last=False))
+        log = itstime(it, c.log, c.total)
+        validate = parts.validator is not None and itstime(it, c.validate, c.total, last=False)
+        save = itstime(it, c.save, c.total) or preempt
+        if not (log or validate or save):
+            return False
+        _catch_up(parts, progress, window, self.k)
+        if log:
+            self._log(it, window)
+        if validate:
+            self._validate(parts, progress)
+        if save:
+            self._save(parts.ck, it, progress.state, progress.data_state)
+        if preempt:
+            self._stop_preempted(parts, progress)
+        return preempt
+
+    def _log(self, iteration: int, window: MetricsWindow) -> None:
+        logged = window.row()
+        for cb in self._active_callbacks():
+            cb.on_step_end(self, iteration, logged)
+        window.restart()  # after the callbacks: their time is not step time
+
+    def _validate(self, parts: _Parts, progress: _Progress) -> None:
+        it = progress.iteration
+        vmetrics = parts.validator.run(progress.state.params, parts.vae_params, parts.dit_rest, it)
+        for cb in self._active_callbacks():
+            cb.on_validation_end(self, it, vmetrics)
+
+    def _stop_preempted(self, parts: _Parts, progress: _Progress) -> None:
+        """The checkpoint of this iteration is written: wait for it, then leave with the preemption code."""
+        parts.ck.wait()
+        progress.exit_code = int(self.config.trainer.exit_code_on_preemption)
+        it = progress.iteration
+        logging.warning("preempted: checkpoint %d written, exiting with %d", it, progress.exit_code)
+        if self.is_main:
+            print(f"[cosmos_policy_jax] preempted at iteration {it}; checkpoint saved", flush=True)
+
+    def _finish(self, parts: _Parts, progress: _Progress) -> int:
+        """Saves committed, loaders and signal handlers released; the export when the exit code is 0."""
+        parts.ck.wait()
+        parts.feed.close()
+        if parts.validator is not None:
+            parts.validator.close()
         self.preemption.uninstall()
-        if exit_code == 0:
-            self._export(defs, state)
-        for cb in self.callbacks:
-            if self.is_main or cb.all_processes:
-                cb.on_train_end(self, iteration)
-        ck.close()
-        return exit_code
+        if progress.exit_code == 0:
+            self._export(parts.defs, progress.state)
+        for cb in self._active_callbacks():
+            cb.on_train_end(self, progress.iteration)
+        parts.ck.close()
+        return progress.exit_code
+
+    def _active_callbacks(self) -> list[Callback]:
+        """The callbacks this process runs (process 0 runs all; the others those marked all_processes)."""
+        return [cb for cb in self.callbacks if self.is_main or cb.all_processes]
 
     def _save(self, ck: ckpt_lib.Checkpointer, iteration: int, state: TrainState, data_state: bytes) -> None:
         try:
@@ -410,9 +406,8 @@ class Trainer:
             raise ckpt_lib.CheckpointError(
                 f"checkpoint {iteration}: save to {ck.directory} failed ({e.strerror or e}); earlier checkpoints are intact"
             ) from e
-        for cb in self.callbacks:
-            if self.is_main or cb.all_processes:
-                cb.on_checkpoint_saved(self, iteration, ck.step_dir(iteration))
+        for cb in self._active_callbacks():
+            cb.on_checkpoint_saved(self, iteration, ck.step_dir(iteration))
 
     def _export(self, defs, state: TrainState) -> None:
         """Inference export: the (EMA, if enabled) parameters as a reference-format ``net.`` state dict."""
