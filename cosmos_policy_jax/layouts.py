@@ -23,17 +23,17 @@ SLOTS: tuple[str, ...] = (
 )
 
 LAYOUTS: dict[str, dict[str, int]] = {
-    # REFERENCE.md 4.1: blank, proprio, wrist, primary, action, f-proprio, f-wrist, f-primary, value.
+    # blank, proprio, wrist, primary, action, f-proprio, f-wrist, f-primary, value.
     "libero": dict(
         current_proprio=1, current_wrist_image=2, current_image=3, action=4,
         future_proprio=5, future_wrist_image=6, future_image=7, value=8,
     ),
-    # REFERENCE.md 10: a second third-person camera.
+    # a second third-person camera.
     "robocasa": dict(
         current_proprio=1, current_wrist_image=2, current_image=3, current_image2=4, action=5,
         future_proprio=6, future_wrist_image=7, future_image=8, future_image2=9, value=10,
     ),
-    # REFERENCE.md 10: left and right wrist cameras, one primary camera.
+    # left and right wrist cameras, one primary camera.
     "aloha": dict(
         current_proprio=1, current_wrist_image=2, current_wrist_image2=3, current_image=4, action=5,
         future_proprio=6, future_wrist_image=7, future_wrist_image2=8, future_image=9, value=10,

@@ -2,7 +2,7 @@
 
 Layouts: torch Conv3d ``[out, in, kt, kh, kw]`` <-> our ``(kt, kh, kw, in, out)``; Conv2d
 ``[out, in, kh, kw]`` <-> ``(kh, kw, in, out)``; RMS_norm gains ``[C, 1, 1, 1]`` (``[C, 1, 1]`` in
-the attention block) <-> ``(C,)``. Module names map as in REFERENCE.md 3.4:
+the attention block) <-> ``(C,)``. Module names map as follows:
 ``residual.{0,2,3,6}`` -> ``norm1, conv1, norm2, conv2``; ``resample.1`` -> ``conv``;
 ``head.{0,2}`` -> ``head_norm, head_conv``; everything else keeps its name.
 """

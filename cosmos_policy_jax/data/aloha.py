@@ -1,4 +1,4 @@
-"""ALOHA reader (REFERENCE.md 10): two wrist cameras and a top camera, 14-dim actions and proprio.
+"""ALOHA reader: two wrist cameras and a top camera, 14-dim actions and proprio.
 
 Demos live under ``train/`` or ``val/`` folders; demos can be reused as successful rollouts.
 """
@@ -63,7 +63,7 @@ def aloha_instruction(path: str, attrs: Mapping[str, Any] | None = None) -> str:
 
 
 class AlohaSource(EpisodeSource):
-    """ALOHA (REFERENCE.md 10): left/right wrist + top camera, 14-dim actions and proprio.
+    """ALOHA: left/right wrist + top camera, 14-dim actions and proprio.
 
     Demo files ``.../<task>/<split>/episode_*.hdf5`` hold ``observations/images/cam_{high,left_wrist,
     right_wrist}``, ``observations/qpos`` and ``action``; only files under a ``split`` folder

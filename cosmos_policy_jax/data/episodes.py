@@ -173,7 +173,7 @@ class EpisodeSource:
         return demos, rollouts
 
     def _normalize_all(self, demos: list[Episode], rollouts: list[Episode]) -> None:
-        """Statistics over the demos' own arrays, then normalisation and returns (REFERENCE.md 6.2)."""
+        """Statistics over the demos' own arrays, then normalisation and returns."""
         opts = self.options
         actions, proprio = [e.actions for e in demos], [e.proprio for e in demos]
         self.statistics = stats_lib.load_or_compute_statistics(opts.data_dir, actions, proprio)
@@ -207,7 +207,7 @@ class EpisodeSource:
         self._failure_steps = StepIndex([rollouts[i].num_steps for i in self._failure_ids])
 
     def _epoch_structure(self) -> EpochStructure:
-        """Epoch structure (REFERENCE.md 6.4); an empty dataset is an error."""
+        """Epoch structure; an empty dataset is an error."""
         structure = calculate_epoch_structure(
             self._demo_steps.total,
             self._success_steps.total,
@@ -427,7 +427,7 @@ class EpisodeSource:
         sample_type: str | None = None,
         aug_params: transforms.AugParams | None = None,
     ) -> dict[str, Any]:
-        """The sample at ``index`` of epoch ``epoch`` (REFERENCE.md 6.5).
+        """The sample at ``index`` of epoch ``epoch``.
 
         ``sample_type`` forces the rollout choice ("world_model" / "value_function"; "demo" only for
         demo indices) and ``aug_params`` the augmentation (applied even when ``use_image_aug`` is off);

@@ -1,4 +1,4 @@
-"""Epoch structure: how many demo / success-rollout / failure-rollout samples one epoch holds (REFERENCE.md 6.4).
+"""Epoch structure: how many demo / success-rollout / failure-rollout samples one epoch holds.
 
 Indices of an epoch are laid out ``[demos | success rollouts | failure rollouts]``; inside a range the
 offset is taken modulo the category's real number of steps (oversampling by wrap-around).

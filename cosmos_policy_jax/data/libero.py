@@ -1,4 +1,4 @@
-"""LIBERO and RoboCasa readers (REFERENCE.md 6, 10, 12): demo files holding ``data/demo_<n>`` groups.
+"""LIBERO and RoboCasa readers: demo files holding ``data/demo_<n>`` groups.
 
 * :class:`LiberoSource`: ``LIBERO-Cosmos-Policy`` demos (``data/demo_<n>`` groups, raw or JPEG images,
   instruction from the file name) and evaluation rollouts (one episode per file).
@@ -91,7 +91,7 @@ class _DemoGroupReader(EpisodeSource):
         with open_h5(path) as f:
             count_role = next(iter(self.ROLLOUT_CAMERAS))
             raw, jpeg = self.ROLLOUT_CAMERAS[count_role]
-            # JPEG or raw is decided by the primary camera alone (REFERENCE.md 12).
+            # JPEG or raw is decided by the primary camera alone.
             if raw in f:
                 prefer_jpeg = False
             elif jpeg in f:
@@ -118,7 +118,7 @@ class _DemoGroupReader(EpisodeSource):
 
 
 class LiberoSource(_DemoGroupReader):
-    """LIBERO (REFERENCE.md 6): wrist + primary camera, 9 latent frames with all flags on."""
+    """LIBERO: wrist + primary camera, 9 latent frames with all flags on."""
 
     KIND = "libero"
     CAMERAS = ("wrist", "primary")
@@ -149,7 +149,7 @@ class LiberoSource(_DemoGroupReader):
 
 
 class RobocasaSource(_DemoGroupReader):
-    """RoboCasa (REFERENCE.md 10): a second third-person camera; actions cut to ``action_dim`` (7)."""
+    """RoboCasa: a second third-person camera; actions cut to ``action_dim`` (7)."""
 
     KIND = "robocasa"
     CAMERAS = ("wrist", "primary", "primary2")

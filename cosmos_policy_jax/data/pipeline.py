@@ -1,7 +1,7 @@
 """The grain input pipeline: per-epoch shuffled, data-parallel sharded host batches (numpy only, no jax).
 
 Index order reproduces the reference's ``DistributedSampler`` + ``DataLoader(drop_last=True)``
-(REFERENCE.md 1.3 step 7 and 6.4), with one data-parallel *device* playing the role of one GPU rank:
+with one data-parallel *device* playing the role of one GPU rank:
 
 * epoch ``e`` is a permutation of ``range(len(source))`` drawn from ``(seed, e)`` (the same on
   every process; a new order every epoch; ``shuffle=False`` keeps ``range(len)``), padded by

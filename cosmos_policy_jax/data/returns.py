@@ -1,4 +1,4 @@
-"""Monte-Carlo value targets for sparse terminal rewards (REFERENCE.md 6.3 and 12)."""
+"""Monte-Carlo value targets for sparse terminal rewards."""
 
 from __future__ import annotations
 

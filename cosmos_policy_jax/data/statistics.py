@@ -1,4 +1,4 @@
-"""Action / proprio normalisation statistics (REFERENCE.md 6.2 and 12).
+"""Action / proprio normalisation statistics.
 
 ``dataset_statistics.json`` in the demo directory holds, per dimension, the min, max, mean, population
 std and median of all demo actions and proprio (computed with numpy on the float32 arrays) under the

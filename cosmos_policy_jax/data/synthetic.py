@@ -1,7 +1,7 @@
 """A synthetic source: random but valid samples with the model's input spec (no files needed).
 
 For the ``tiny`` and ``bench`` configs and for throughput runs. A sample has the keys, shapes and
-dtypes of the LIBERO reader's samples (REFERENCE.md 6.5) for any latent ``layout``: ``video``
+dtypes of the LIBERO reader's samples for any latent ``layout``: ``video``
 ``(3, 1 + 4·(state_t − 1), S, S)`` uint8 with black frames on non-image slots and a low-frequency
 random image repeated over the frames of each image slot; normalised ``actions``/``proprio`` in
 [-1, 1]; stand-in text embeddings (``text_stub``, zero padded like T5); and a mix of sample types by

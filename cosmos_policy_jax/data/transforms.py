@@ -1,6 +1,6 @@
 """Image preprocessing and augmentation in numpy, bit-exact with the reference's torch/torchvision ops.
 
-The reference (REFERENCE.md 6.5) resizes every frame to the final size with PIL, then draws one
+The reference resizes every frame to the final size with PIL, then draws one
 augmentation parameter set per sample and applies, per frame: crop + antialiased bilinear resize back,
 rotation (nearest), brightness, contrast, saturation, hue. Each op below reproduces torchvision's
 tensor semantics on uint8 images (float32 arithmetic, truncation back to uint8), as written out in
@@ -52,7 +52,7 @@ def crop_side(image_size: int, scale: float = 0.9) -> int:
 
 
 def draw_aug_params(rng: np.random.Generator, image_size: int, stronger: bool) -> AugParams:
-    """Draw one parameter set with the reference's distributions (REFERENCE.md 6.5).
+    """Draw one parameter set with the reference's distributions.
 
     Crop: square of side ``crop_side(S)`` at a uniform integer offset. Stronger: angle U(-5, 5) deg,
     brightness U(0.7, 1.3), contrast U(0.6, 1.4), saturation U(0.5, 1.5); default: no rotation and all

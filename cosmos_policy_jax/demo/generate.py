@@ -1,6 +1,6 @@
 """Generate the ``demo`` dataset: the demo reach task (``sim.py``) written in the LIBERO on-disk format.
 
-Layout under ``root`` (REFERENCE.md 6.1, so the ``demo`` config exercises the real LIBERO reader)::
+Layout under ``root``::
 
     root/success_only/<suite>/reach_the_<colour>_target_demo.hdf5   data/demo_<n>/{obs/agentview_rgb,
                                                                       obs/eye_in_hand_rgb, actions,

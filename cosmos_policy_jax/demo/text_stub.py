@@ -1,6 +1,6 @@
 """A deterministic stand-in for the T5 instruction encoder.
 
-The reference conditions the policy on T5-11B encoder outputs (REFERENCE.md 6.1): one
+The reference conditions the policy on T5-11B encoder outputs: one
 ``(512, 1024)`` array per instruction, with the rows after the last token zeroed. The ``demo``
 config must run without PyTorch or downloaded weights, so it uses this stand-in instead. It is
 **not** T5 and carries no language understanding: each word maps to a fixed pseudo-random vector

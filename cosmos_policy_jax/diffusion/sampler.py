@@ -1,4 +1,4 @@
-"""Inference sampler of Cosmos Policy (REFERENCE.md 5 and 12).
+"""Inference sampler of Cosmos Policy.
 
 Karras rho schedule, x0-parameterised Euler ("1euler") and second-order Adams-Bashforth in log-sigma
 ("2ab") steps, and a final clean denoiser call at sigma_min. Two drivers:

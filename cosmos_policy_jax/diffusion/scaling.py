@@ -1,4 +1,4 @@
-"""Denoiser preconditioning coefficients and per-sigma loss weights (REFERENCE.md 4.7, 4.8, 12).
+"""Denoiser preconditioning coefficients and per-sigma loss weights.
 
 The policy uses rectified-flow scaling with sigma_data = 1 (t = sigma / (1 + sigma)); the EDM (Karras)
 scalings are kept for completeness. All functions are pure and work on any float array; arithmetic

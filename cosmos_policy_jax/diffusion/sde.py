@@ -1,4 +1,4 @@
-"""Training noise levels: the hybrid log-normal / uniform sigma sampler (REFERENCE.md 4.6).
+"""Training noise levels: the hybrid log-normal / uniform sigma sampler.
 
 The reference draws sigma with two RNG streams (CUDA torch and numpy); a JAX port can only match the
 distribution, which ``tests/parity/test_sde_parity.py`` checks against the recorded statistics.

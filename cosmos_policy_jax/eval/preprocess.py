@@ -1,4 +1,4 @@
-"""Test-time observation preprocessing (REFERENCE.md section 5), as pure numpy/PIL functions.
+"""Test-time observation preprocessing, as pure numpy/PIL functions.
 
 The reference's evaluation turns each simulator camera image into the training distribution with,
 in order:
@@ -8,8 +8,8 @@ in order:
 3. a resize to the model's image size (224) with PIL's default filter (bicubic), skipped when the
    image already has that size;
 4. if the model was trained with random-resized-crop augmentation: a centre crop covering 90 % of
-   the area, side ``int(S * sqrt(0.9))`` (212 px for 224; train-time crops are 213 px,
-   REFERENCE.md 11.10), at torchvision's ``center_crop`` offset ``round((S - side) / 2)``, resized
+   the area, side ``int(S * sqrt(0.9))`` (212 px for 224; train-time crops are 213 px),
+   at torchvision's ``center_crop`` offset ``round((S - side) / 2)``, resized
    back to S with antialiased bilinear interpolation (float32, round half to even).
 
 Steps 3 and 4 reuse the bit-exact torchvision/PIL ops of ``cosmos_policy_jax.data.transforms``.

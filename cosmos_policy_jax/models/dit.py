@@ -1,4 +1,4 @@
-"""Cosmos-Predict2 ``MinimalV1LVGDiT`` in Flax NNX (REFERENCE.md section 2 and 12).
+"""Cosmos-Predict2 ``MinimalV1LVGDiT`` in Flax NNX.
 
 Public layouts follow the reference: ``x`` (B, C, T, H, W), per-frame timesteps (B, T), text
 (B, L, D); inside, tokens are channels-last (B, T', H', W', D) and flattened t-major for attention.
@@ -310,7 +310,7 @@ class Attention(nnx.Module):
             q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
         # Named for the "attention_saveable" remat policy: the backward pass then recomputes the
         # projections and the MLP but not the attention itself (what the reference's selective
-        # checkpointing keeps, REFERENCE.md 8).
+        # checkpointing keeps).
         out = checkpoint_name(layers.attention(q, k, v, self.implementation), "attention_out")
         return self.output_proj(out.reshape(b, length, self.num_heads * self.head_dim))
 

@@ -1,10 +1,10 @@
-"""Wan2.1 video VAE (the Cosmos-Predict2 tokenizer) as Flax NNX modules (REFERENCE.md section 3).
+"""Wan2.1 video VAE (the Cosmos-Predict2 tokenizer) as Flax NNX modules.
 
 Public layouts follow the reference: videos ``(B, 3, T, H, W)`` with values in [-1, 1], latents
 ``(B, z_dim, T', H/8, W/8)`` with ``T' = 1 + (T - 1) / 4``. Inside, activations are channels-last
 ``(B, T, H, W, C)`` and the whole clip is processed in one causal pass: the reference encodes
 frame 0 alone and then chunks of ``temporal_window`` frames with per-convolution caches of the last
-two frames, which equals a single full-sequence pass with these rules (REFERENCE.md 3.3):
+two frames, which equals a single full-sequence pass with these rules:
 
 * 3-tap temporal convolutions are causal: two zero frames in front, none behind;
 * a temporal downsample maps ``s_0..s_2m`` to ``s_0, conv(s_0,s_1,s_2), conv(s_2,s_3,s_4), ...``;
@@ -38,7 +38,7 @@ from flax import nnx
 
 from cosmos_policy_jax import xla_env
 
-# Per-channel statistics of Wan2.1 posterior means (REFERENCE.md 3.1); encode returns (mu - mean) / std.
+# Per-channel statistics of Wan2.1 posterior means; encode returns (mu - mean) / std.
 LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,

@@ -1,4 +1,4 @@
-"""The conditioned denoiser and the one sampler call built on it (REFERENCE.md 4.7, 5).
+"""The conditioned denoiser and the one sampler call built on it.
 
 ``denoise`` is the rectified-flow preconditioned network with frame replacement, shared by the training
 loss and the sampler. ``sample_latent`` runs the diffusion sampler with it: policy inference, planning
@@ -29,7 +29,7 @@ def denoise(
     padding_mask: jax.Array | None,
     cfg: PolicyConfig,
 ) -> dict[str, jax.Array]:
-    """x0 prediction of the conditioned network at noise level ``sigma`` (B, 1) (REFERENCE.md 4.7).
+    """x0 prediction of the conditioned network at noise level ``sigma`` (B, 1).
 
     Returns x0_pred (conditioning frames replaced by ``gt_frames``), eps_pred, the network output and the
     network's inputs (x before the dtype cast, per-frame timesteps), all float32.

@@ -1,4 +1,4 @@
-"""Writing non-image modalities into latent frames, and reading them back (REFERENCE.md 4.5 and 5).
+"""Writing non-image modalities into latent frames, and reading them back.
 
 A vector of n values per sample (a flattened action chunk or a proprio state) fills a (C, H, W) latent
 frame by row-major tiling: flat position i of the frame holds element i mod n (tile ceil(F/n) times,

@@ -1,4 +1,4 @@
-"""Latent layout: which latent frame holds which modality (REFERENCE.md 4.1 and 10).
+"""Latent layout: which latent frame holds which modality.
 
 A layout maps each slot name of ``configs/cosmos_policy.py:SLOTS`` to a latent frame index (-1: unused).
 It is static (hashable) so jitted code can index frames with Python ints. Frame 0 is always the blank

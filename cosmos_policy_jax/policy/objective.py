@@ -1,4 +1,4 @@
-"""Cosmos Policy training objective (REFERENCE.md 4.2-4.10, 12).
+"""Cosmos Policy training objective.
 
 One pure function, ``policy_loss``, computes the reference's ``training_step`` on a VAE latent: the
 conditioning of ``policy.conditioning`` (per-sample masks, injected targets and gt frames), the noisy
@@ -28,7 +28,7 @@ from cosmos_policy_jax.policy.conditioning import (
 from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.denoiser import denoise
 
-# Logged per-modality metrics (REFERENCE.md 4.10): sample group -> slots, in the reference's order.
+# Logged per-modality metrics: sample group -> slots, in the reference's order.
 METRIC_GROUPS = {
     "demo_sample": ("action", "future_proprio", "future_wrist_image", "future_image", "value"),
     "world_model_sample": ("future_proprio", "future_wrist_image", "future_image", "value"),
@@ -50,7 +50,7 @@ def _selected_error(diff: jax.Array, select: jax.Array) -> tuple[jax.Array, jax.
 def policy_metrics(
     x0: jax.Array, x0_pred: jax.Array, batch: Mapping[str, Any], cfg: PolicyConfig
 ) -> dict[str, jax.Array]:
-    """Per-modality MSE/L1 of REFERENCE.md 4.10 (unweighted, whole latent frames) and sample counts.
+    """Per-modality MSE/L1 (unweighted, whole latent frames) and sample counts.
 
     Empty selections (and unused slots) give NaN; ``<group>_count`` holds the number of selected samples.
     """

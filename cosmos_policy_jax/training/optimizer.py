@@ -1,4 +1,4 @@
-"""optax pieces of the reference optimiser (REFERENCE.md 7.2-7.4, 7.8).
+"""optax pieces of the reference optimiser.
 
 The chain is ``MultiSteps(clip_by_global_norm -> adamw(lambda-linear schedule))`` with
 non-finite micro-batches dropped by ``should_skip_update_fn`` *before* they reach the accumulator
@@ -77,7 +77,7 @@ def accumulate(inner: optax.GradientTransformation, k: int) -> optax.MultiSteps:
     return optax.MultiSteps(inner, every_k_schedule=k, should_skip_update_fn=optax.skip_not_finite)
 
 
-# --- power EMA (EDM2), REFERENCE.md 7.8 ---------------------------------------------------------
+# --- power EMA (EDM2) ---------------------------------------------------------
 
 
 def power_ema_gamma(rate: float) -> float:

@@ -1,4 +1,4 @@
-"""The reference's learning-rate schedule (``LambdaLinearScheduler``, REFERENCE.md 7.4).
+"""The reference's learning-rate schedule (``LambdaLinearScheduler``).
 
 ``lr(k) = base_lr * f(k)`` where ``k`` is the number of optimizer steps already taken (optax's
 ``count``), cycles laid out back to back: inside cycle ``c`` with local step ``n``, a linear

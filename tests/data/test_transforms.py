@@ -16,7 +16,7 @@ def _img(rng: np.random.Generator, n: int = 2, size: int = 24) -> np.ndarray:
 
 
 def test_crop_side_matches_torchvision_rounding():
-    # round(sqrt(S*S*float32(0.9))): 213 at 224 (REFERENCE.md 6.5), 30 at 32 (fixture README 6).
+    # round(sqrt(S*S*float32(0.9))): 213 at 224, 30 at 32 (fixture README 6).
     assert T.crop_side(224) == 213
     assert T.crop_side(32) == 30
     for s in (16, 64, 100, 256):

@@ -1,4 +1,4 @@
-"""Test-time preprocessing (REFERENCE.md 5) on images whose results can be predicted by hand."""
+"""Test-time preprocessing on images whose results can be predicted by hand."""
 
 import numpy as np
 import pytest

@@ -92,7 +92,7 @@ def test_conv_impl_auto_resolution(monkeypatch):
 def test_frame_counts_round_trip():
     for n_latent in range(1, 12):
         assert V.latent_num_frames(1 + 4 * (n_latent - 1)) == n_latent
-    assert V.latent_num_frames(33) == 9  # LIBERO's 9 latent frames (REFERENCE.md 3.1)
+    assert V.latent_num_frames(33) == 9  # LIBERO's 9 latent frames
     assert V.latent_num_frames(1) == 1
 
 

@@ -12,8 +12,7 @@ reference config from ``info`` (``model_config``, ``sde``, ``net``, ``vae``), so
 * ``test_with_vae_and_dit``: the whole chain from the uint8 video through the VAE.
 
 Tolerance: allclose with rtol 1e-4 and atol 1e-4 x the largest magnitude of the reference tensor.
-Elementwise relative error is meaningless for entries near zero (REFERENCE.md 12: e.g. the network
-output crosses zero), and the reference itself moves by ~6e-7 of the largest magnitude between thread
+Elementwise relative error is meaningless for entries near zero, and the reference itself moves by ~6e-7 of the largest magnitude between thread
 counts (README), so a scale-relative floor at the same 1e-4 level keeps the check strict. Gradients:
 max |g - g_ref| <= 1e-4 max |g_ref| per tensor.
 """

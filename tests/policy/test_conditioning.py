@@ -1,4 +1,4 @@
-"""Condition masks of the policy conditioning (REFERENCE.md 4.4)."""
+"""Condition masks of the policy conditioning."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +9,7 @@ from cosmos_policy_jax.policy.layout import LatentLayout
 
 
 def test_condition_mask_rows_for_libero():
-    # REFERENCE.md 4.4: demo [1,1,1,1,0,0,0,0,0], world model [..,1 on action,..], value function all but value.
+    # demo [1,1,1,1,0,0,0,0,0], world model [..,1 on action,..], value function all but value.
     lay = LatentLayout.from_config(get_config("libero"))
     batch = dict(
         rollout_data_mask=np.array([0, 1, 1]),

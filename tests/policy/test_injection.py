@@ -1,4 +1,4 @@
-"""Injection of vectors/scalars into latent frames (REFERENCE.md 4.5) and the de-tiling decoder."""
+"""Injection of vectors/scalars into latent frames and the de-tiling decoder."""
 
 import jax.numpy as jnp
 import numpy as np

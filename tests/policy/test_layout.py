@@ -15,7 +15,7 @@ def test_from_config(name, state_t, ncond):
     assert (lay.state_t, lay.num_conditional_frames) == (state_t, ncond)
     for slot in layout_lib.SLOTS:
         assert lay.index(slot) == cfg.model.latent_layout[slot]
-    # Every used frame is distinct and the last frame is the value (REFERENCE.md 10).
+    # Every used frame is distinct and the last frame is the value.
     used = [lay.index(s) for s in layout_lib.SLOTS if lay.has(s)]
     assert len(set(used)) == len(used) and lay.index("value") == state_t - 1
     assert hash(lay) == hash(LatentLayout.from_config(cfg))

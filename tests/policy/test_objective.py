@@ -1,6 +1,6 @@
 """Training objective on tiny synthetic batches with a fake network (no DiT needed).
 
-The central check (REFERENCE.md 4.9): with the network output as the free variable, the gradient of the
+The central check: with the network output as the free variable, the gradient of the
 loss is non-zero exactly on the frames each sample type must learn, for the 9-frame LIBERO layout and the
 11-frame RoboCasa/ALOHA layouts, with and without the optional loss-masking flags.
 """
@@ -94,7 +94,7 @@ def test_each_sample_type_trains_exactly_its_frames(name):
     assert got == [exp[t] for t in SAMPLE_TYPES]
     # The shipped layouts: demo samples train every frame after the conditional ones.
     assert exp["demo"] == set(range(cfg.layout.num_conditional_frames, cfg.state_t))
-    # And the conditioning mask is the complement (REFERENCE.md 4.4).
+    # And the conditioning mask is the complement.
     mask = np.asarray(aux["condition_video_input_mask"])[:, 0, :, 0, 0]
     for i, t in enumerate(SAMPLE_TYPES):
         assert set(np.flatnonzero(mask[i] == 0).tolist()) == exp[t]

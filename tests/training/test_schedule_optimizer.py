@@ -1,4 +1,4 @@
-"""LR schedule (REFERENCE.md 7.4), optimizer composition, non-finite skipping, loss scale, EMA."""
+"""LR schedule, optimizer composition, non-finite skipping, loss scale, EMA."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from cosmos_policy_jax.training.schedule import lambda_linear_factor, lambda_lin
 
 
 def _reference_libero_factor(k: int) -> float:
-    # REFERENCE.md 7.4 spelled out for the LIBERO values.
+    # The reference's schedule spelled out for the LIBERO values.
     if k < 1000:
         return 1e-6 + (1 - 1e-6) * k / 1000
     if k <= 30000:
@@ -119,7 +119,7 @@ def test_single_step_optimizer_matches_multisteps_k1():
 
 
 def test_adamw_matches_reference_update_rule():
-    # One AdamW step by hand (REFERENCE.md 7.3): decoupled decay on every parameter, eps after sqrt.
+    # One AdamW step by hand: decoupled decay on every parameter, eps after sqrt.
     c = cosmos_policy.get_config("tiny")
     c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.clip_norm = 1e-3, 0.1, 1e9
     c.scheduler.warm_up_steps, c.scheduler.f_max, c.scheduler.f_min = (0, 0), (1.0, 1.0), (1.0, 1.0)
@@ -147,7 +147,7 @@ def test_loss_scale_shrinks_and_regrows():
 
 def test_power_ema_constants():
     gamma = opt_lib.power_ema_gamma(0.1)
-    assert gamma == pytest.approx(6.9372, abs=1e-3)  # REFERENCE.md 7.8
+    assert gamma == pytest.approx(6.9372, abs=1e-3)
     # gamma solves the cubic it is defined by.
     s2 = 0.1**-2
     assert gamma**3 + 7 * gamma**2 + (16 - s2) * gamma + (12 - s2) == pytest.approx(0.0, abs=1e-6)
