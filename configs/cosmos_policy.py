@@ -184,6 +184,7 @@ def _dataset(kind: str) -> config_dict.ConfigDict:
             demo_num_rollouts=200,
             demo_seed=0,
             demo_object_layout="random",  # random | fixed (see demo/sim.py)
+            demo_format="hdf5",  # hdf5 | lerobot: the files the demo episodes are read from
         )
     )
 

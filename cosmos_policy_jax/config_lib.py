@@ -248,7 +248,7 @@ def _check_optimizer(config) -> list[str]:
 
 
 def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
-    from cosmos_policy_jax.data.registry import DATASET_KINDS  # the kinds that have a source
+    from cosmos_policy_jax.data.registry import DATASET_KINDS, DEMO_FORMATS  # the kinds that have a source
 
     p = []
     for section in ("dataloader_train", "dataloader_val"):
@@ -275,6 +275,8 @@ def _check_data(config, mesh_shape: Mapping[str, int] | None) -> list[str]:
             ),
         )
         p += [f"{section}.{key}: {msg}" for ok, key, msg in checks if not ok]
+        if ds.kind == "demo" and ds.get("demo_format", "hdf5") not in DEMO_FORMATS:
+            p.append(f"{section}.dataset.demo_format: must be one of {DEMO_FORMATS}, got {ds.demo_format!r}")
         for key in ("demonstration_sampling_prob", "success_rollout_sampling_prob"):
             if not 0.0 <= ds[key] <= 1.0:
                 p.append(f"{section}.dataset.{key}: must be in [0, 1], got {ds[key]}")

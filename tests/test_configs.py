@@ -240,6 +240,16 @@ def test_values_outside_their_meaning_are_one_problem(key, value, expect):
     assert len(problems) == 1 and problems[0].startswith(expect), problems
 
 
+def test_demo_format_is_one_the_demo_source_reads():
+    config_lib.validate(cosmos_policy.get_config("demo,lerobot"), check_paths=False)
+    c = cosmos_policy.get_config("demo")
+    config_lib.validate(c, check_paths=False)
+    c.dataloader_train.dataset.demo_format = "lerobt"
+    assert _problems(c, check_paths=False) == [
+        "dataloader_train.dataset.demo_format: must be one of ('hdf5', 'lerobot'), got 'lerobt'"
+    ]
+
+
 def test_unset_variables_in_the_job_path(monkeypatch):
     monkeypatch.delenv("NO_SUCH_VAR_H14", raising=False)
     c = cosmos_policy.get_config("tiny")

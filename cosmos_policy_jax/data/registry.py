@@ -73,6 +73,8 @@ FACTORIES: dict[str, Callable[..., Any]] = {
 }
 # The values ``dataset.kind`` may take (config validation checks against this).
 DATASET_KINDS = tuple(FACTORIES)
+# The files the demo factory reads its generated episodes from (``dataset.demo_format``).
+DEMO_FORMATS = ("hdf5", "lerobot")
 
 
 def make_source(
