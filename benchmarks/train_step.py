@@ -58,18 +58,33 @@ def run(config, mesh_flag: str | None, *, steps: int, warmup: int, peak_tflops: 
 
     common.apply_mesh_flag(config, mesh_flag)
     mesh = make_mesh(config.parallel)
-    n_dev = mesh.devices.size
     b = common.build_bench(config, mesh)
-    gb = b.global_batch
     per_sample = flops_lib.train_flops_per_sample(config)
-    compute_dtype = str(config.model.net.dtype)
+    out = _header(config, mesh, b.global_batch, per_sample)
+    out.update(_peak(out["compute_dtype"], peak_tflops, matmul_size))
+    timing = dict(steps=steps, warmup=warmup)
+    with jax.set_mesh(mesh):
+        latent = None
+        if "vae" in parts or "dit" in parts:
+            latent = _time_vae(b, out, per_sample, time_it="vae" in parts, **timing)
+        if "dit" in parts:
+            _time_dit(b, out, per_sample, latent, **timing)
+        if "full" in parts:
+            _time_full(b, out, **timing)
+    out["peak_device_memory_bytes"] = common.device_peak_memory()
+    out["steps"], out["warmup"] = steps, warmup
+    out.update(common.run_info())
+    return out
 
-    out: dict = {
+
+def _header(config, mesh, gb: int, per_sample: dict) -> dict:
+    """What was run: config, mesh, batch, dtypes and the analytic FLOPs of each program."""
+    return {
         "benchmark": "train_step",
         "config": config.get("config_arg", ""),
         "mesh": dict(mesh.shape),
         "global_batch": gb,
-        "compute_dtype": compute_dtype,
+        "compute_dtype": str(config.model.net.dtype),
         "remat_policy": str(config.model.net.remat_policy),
         "vae_conv_impl": _conv_impl(config),
         "model_flops_per_sample": per_sample["total"],
@@ -80,76 +95,81 @@ def run(config, mesh_flag: str | None, *, steps: int, warmup: int, peak_tflops: 
         "vae_flops_per_step": per_sample["vae_encode"] * gb,
     }
 
+
+def _peak(compute_dtype: str, peak_tflops: float, matmul_size: int) -> dict:
+    """The MFU denominator: given, or a large matmul measured on one device."""
     if peak_tflops > 0:
-        peak = peak_tflops * 1e12
-        out["peak_source"] = "given"
-    else:
-        peak = common.measure_matmul_peak(compute_dtype, matmul_size or None)
-        out["peak_source"] = f"matmul {matmul_size or common.default_matmul_size()}^2 {compute_dtype}"
-    out["peak_flops_per_device"] = peak
+        return {"peak_source": "given", "peak_flops_per_device": peak_tflops * 1e12}
+    return {
+        "peak_source": f"matmul {matmul_size or common.default_matmul_size()}^2 {compute_dtype}",
+        "peak_flops_per_device": common.measure_matmul_peak(compute_dtype, matmul_size or None),
+    }
 
-    with jax.set_mesh(mesh):
-        key = jax.random.key(0)
-        latent = None
-        if "vae" in parts or "dit" in parts:
-            enc = common.make_vae_encode(b)
-            compiled, secs = common.compile_timed(enc, b.vae, b.batch["video"])
-            latent = compiled(b.vae, b.batch["video"])
-            out["vae_compile_s"] = round(secs, 2)
-            out["vae_xla_flops"] = common.xla_flops(compiled)
-            out["vae_memory"] = common.memory_analysis(compiled)
-            if "vae" in parts:
-                times = common.time_calls(lambda: compiled(b.vae, b.batch["video"]), steps=steps, warmup=warmup)
-                out.update(common.summary(times, "vae_encode_s"))
-                out["vae_tflops_per_device"] = per_sample["vae_encode"] * gb / out["vae_encode_s_median"] / n_dev / 1e12
 
-        if "dit" in parts:
-            # Own copies: the DiT step donates its parameters and optimizer state.
-            params = jax.tree.map(lambda x: x.copy(), b.state.params)
-            opt_state = jax.tree.map(lambda x: x.copy(), b.state.opt_state)
-            small = common.dit_batch(b.batch)
-            step = common.make_dit_step(b)
-            compiled, secs = common.compile_timed(step, params, opt_state, latent, small, b.rest, key)
-            out["dit_compile_s"] = round(secs, 2)
-            out["dit_xla_flops"] = common.xla_flops(compiled)
-            out["dit_memory"] = common.memory_analysis(compiled)
-            holder = [params, opt_state]
+def _rate(flops: float, seconds: float, n_dev: int) -> float:
+    """FLOP/s per device."""
+    return flops / seconds / n_dev
 
-            def dit_call():
-                holder[0], holder[1], loss = compiled(holder[0], holder[1], latent, small, b.rest, key)
-                return loss
 
-            times = common.time_calls(dit_call, steps=steps, warmup=warmup)
-            out.update(common.summary(times, "dit_step_time_s"))
-            dit_flops = per_sample["dit_train"] * gb
-            out["dit_tflops_per_device"] = dit_flops / out["dit_step_time_s_median"] / n_dev / 1e12
-            out["dit_mfu"] = dit_flops / out["dit_step_time_s_median"] / n_dev / peak
-            del holder, params, opt_state
+def _time_vae(b, out: dict, per_sample: dict, *, time_it: bool, steps: int, warmup: int):
+    """Compile the VAE encode of the batch (and time it with ``time_it``); returns the latent."""
+    enc = common.make_vae_encode(b)
+    compiled, secs = common.compile_timed(enc, b.vae, b.batch["video"])
+    latent = compiled(b.vae, b.batch["video"])
+    out["vae_compile_s"] = round(secs, 2)
+    out["vae_xla_flops"] = common.xla_flops(compiled)
+    out["vae_memory"] = common.memory_analysis(compiled)
+    if time_it:
+        times = common.time_calls(lambda: compiled(b.vae, b.batch["video"]), steps=steps, warmup=warmup)
+        out.update(common.summary(times, "vae_encode_s"))
+        flops = per_sample["vae_encode"] * b.global_batch
+        out["vae_tflops_per_device"] = _rate(flops, out["vae_encode_s_median"], b.mesh.devices.size) / 1e12
+    return latent
 
-        if "full" in parts:
-            jitted = common.jit_full_step(b)
-            compiled, secs = common.compile_timed(jitted, b.state, b.batch, b.vae, b.rest)
-            out["compile_s"] = round(secs, 2)
-            out["xla_flops_per_step"] = common.xla_flops(compiled)
-            out["memory"] = common.memory_analysis(compiled)
-            holder = [b.state]
 
-            def full_call():
-                holder[0], metrics = compiled(holder[0], b.batch, b.vae, b.rest)
-                return metrics
+def _time_dit(b, out: dict, per_sample: dict, latent, *, steps: int, warmup: int) -> None:
+    """The DiT step on precomputed latents, on its own copies (it donates parameters and optimizer state)."""
+    import jax
 
-            times = common.time_calls(full_call, steps=steps, warmup=warmup)
-            b.state = holder[0]
-            out.update(common.summary(times, "step_time_s"))
-            med = out["step_time_s_median"]
-            out["samples_per_s"] = gb / med
-            out["tflops_per_device"] = out["model_flops_per_step"] / med / n_dev / 1e12
-            out["mfu"] = out["model_flops_per_step"] / med / n_dev / peak
+    params = jax.tree.map(lambda x: x.copy(), b.state.params)
+    opt_state = jax.tree.map(lambda x: x.copy(), b.state.opt_state)
+    small, key = common.dit_batch(b.batch), jax.random.key(0)
+    compiled, secs = common.compile_timed(common.make_dit_step(b), params, opt_state, latent, small, b.rest, key)
+    out["dit_compile_s"] = round(secs, 2)
+    out["dit_xla_flops"] = common.xla_flops(compiled)
+    out["dit_memory"] = common.memory_analysis(compiled)
+    holder = [params, opt_state]
 
-    out["peak_device_memory_bytes"] = common.device_peak_memory()
-    out["steps"], out["warmup"] = steps, warmup
-    out.update(common.run_info())
-    return out
+    def dit_call():
+        holder[0], holder[1], loss = compiled(holder[0], holder[1], latent, small, b.rest, key)
+        return loss
+
+    out.update(common.summary(common.time_calls(dit_call, steps=steps, warmup=warmup), "dit_step_time_s"))
+    rate = _rate(per_sample["dit_train"] * b.global_batch, out["dit_step_time_s_median"], b.mesh.devices.size)
+    out["dit_tflops_per_device"] = rate / 1e12
+    out["dit_mfu"] = rate / out["peak_flops_per_device"]
+
+
+def _time_full(b, out: dict, *, steps: int, warmup: int) -> None:
+    """The trainer's jitted micro-step, state donated."""
+    compiled, secs = common.compile_timed(common.jit_full_step(b), b.state, b.batch, b.vae, b.rest)
+    out["compile_s"] = round(secs, 2)
+    out["xla_flops_per_step"] = common.xla_flops(compiled)
+    out["memory"] = common.memory_analysis(compiled)
+    holder = [b.state]
+
+    def full_call():
+        holder[0], metrics = compiled(holder[0], b.batch, b.vae, b.rest)
+        return metrics
+
+    times = common.time_calls(full_call, steps=steps, warmup=warmup)
+    b.state = holder[0]
+    out.update(common.summary(times, "step_time_s"))
+    med = out["step_time_s_median"]
+    rate = _rate(out["model_flops_per_step"], med, b.mesh.devices.size)
+    out["samples_per_s"] = b.global_batch / med
+    out["tflops_per_device"] = rate / 1e12
+    out["mfu"] = rate / out["peak_flops_per_device"]
 
 
 def _conv_impl(config) -> str:
