@@ -69,9 +69,8 @@ def test_fixture_weights_via_load_path_give_the_fixture_loss(tmp_path, capsys):
     """dit_checkpoint_net.pt initialises the network through checkpoint.load_path (logged), and the
     first training loss on the fixture batch, sigma and noise equals the reference's."""
     from cosmos_policy_jax.config_lib import set_field
-    from cosmos_policy_jax.training import state as state_lib
-    from cosmos_policy_jax.training.optimizer import make_optimizer
-    from cosmos_policy_jax.training.step import EPSILON_KEY, SIGMA_KEY, jit_train_step, make_train_step
+    from cosmos_policy_jax.training import setup
+    from cosmos_policy_jax.training.step import EPSILON_KEY, SIGMA_KEY
 
     step, info = load_fixture("policy_train_step.safetensors")
     _, vae_info = load_fixture("vae_state_dict.safetensors")
@@ -96,28 +95,18 @@ def test_fixture_weights_via_load_path_give_the_fixture_loss(tmp_path, capsys):
     c.model.loss_scale = float(info["model_config"]["loss_scale"])
     mesh = mesh_for(c, (1, 1, 1))
 
-    trainer = loop.Trainer(config_dict.FrozenConfigDict(c), mesh)
-    defs = state_lib.model_defs(trainer.config, mesh)
-    params = trainer._load_initial_params(defs)
+    model = setup.build(config_dict.FrozenConfigDict(c), mesh)
+    params = model.initial_params()
     out = capsys.readouterr().out
     assert "dit_checkpoint_net.pt" in out and "loaded" in out and "ignored" in out
-    tx, schedule = make_optimizer(trainer.config)
-    state = state_lib.create_train_state(trainer.config, defs, tx, mesh, params=params)
-    vae = state_lib.create_vae_params(trainer.config, defs, mesh)
-    rest = state_lib.create_dit_rest(defs, mesh, trainer.config)
+    state = model.init_state(params)
+    vae, rest = model.vae_params(), model.dit_rest()
     batch = {k[len("batch.") :]: v for k, v in step.items() if k.startswith("batch.")}
     batch = {k: v for k, v in batch.items() if not k.endswith("_latent_idx") and v.dtype.kind in "biuf"}
     batch = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in batch.items()}
     batch[SIGMA_KEY] = step["sigma"]
     batch[EPSILON_KEY] = step["epsilon"]
-    fn = jit_train_step(
-        make_train_step(trainer.config, defs, tx, schedule),
-        state_lib.train_state_shardings(trainer.config, defs, tx, mesh),
-        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()},
-        state_lib.shardings_of(defs.vae_abstract_params),
-        state_lib.shardings_of(defs.dit_abstract_rest),
-        mesh,
-    )
+    fn = model.jit_step(batch)
     with jax.set_mesh(mesh):
         _, metrics = fn(state, batch, vae, rest)
     metrics = jax.device_get(metrics)
