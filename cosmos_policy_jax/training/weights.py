@@ -109,8 +109,8 @@ def orbax_step_dir(path: str) -> str | None:
     for cand in (path, os.path.join(path, "checkpoints")):
         if not ckpt_lib.is_orbax_checkpoint_dir(cand):
             continue
-        if os.path.isdir(os.path.join(cand, ckpt_lib.STATE)):
-            return cand
+        if os.path.isdir(os.path.join(cand, ckpt_lib.STATE)):  # a step directory, named by its iteration
+            return cand if os.path.basename(cand).isdigit() else None
         steps = [
             int(n) for n in os.listdir(cand) if n.isdigit() and os.path.isdir(os.path.join(cand, n, ckpt_lib.STATE))
         ]
