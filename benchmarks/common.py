@@ -176,18 +176,26 @@ def gib(x: float | None) -> float | None:
 
 @dataclass
 class Bench:
-    """Train state, frozen VAE, DiT buffers, optimizer and one global batch for a config on a mesh."""
+    """A built model (``training.setup.ModelSetup``) with its train state, frozen VAE, DiT buffers and one
+    global batch (arrays, or ShapeDtypeStructs for lower/compile only)."""
 
-    config: Any
-    mesh: Any
-    defs: Any
-    tx: Any
-    schedule: Any
+    model: Any
     state: Any
     vae: Any
     rest: Any
     batch: dict
-    pcfg: Any
+
+    config = property(lambda self: self.model.config)
+    mesh = property(lambda self: self.model.mesh)
+    defs = property(lambda self: self.model.defs)
+    tx = property(lambda self: self.model.tx)
+    schedule = property(lambda self: self.model.schedule)
+
+    @property
+    def pcfg(self) -> Any:
+        from cosmos_policy_jax.policy.config import PolicyConfig
+
+        return PolicyConfig.from_config(self.config)
 
     @property
     def global_batch(self) -> int:
@@ -216,33 +224,16 @@ def first_batch(config, mesh) -> dict:
 
 
 def build_bench(config, mesh) -> Bench:
-    from cosmos_policy_jax.policy.config import PolicyConfig
-    from cosmos_policy_jax.training import state as state_lib
-    from cosmos_policy_jax.training.optimizer import make_optimizer
+    """The trainer's model with a random step-0 state (no weight file read) and one real batch."""
+    from cosmos_policy_jax.training import setup
 
-    defs = state_lib.model_defs(config, mesh)
-    tx, schedule = make_optimizer(config)
-    state = state_lib.create_train_state(config, defs, tx, mesh)
-    vae = state_lib.create_vae_params(config, defs, mesh)
-    rest = state_lib.create_dit_rest(defs, mesh, config)
-    batch = first_batch(config, mesh)
-    return Bench(config, mesh, defs, tx, schedule, state, vae, rest, batch, PolicyConfig.from_config(config))
+    model = setup.build(config, mesh)
+    return Bench(model, model.init_state(), model.vae_params(), model.dit_rest(), first_batch(config, mesh))
 
 
 def jit_full_step(b: Bench):
     """The trainer's jitted micro-step (VAE encode, loss, backward, MultiSteps(clip, AdamW)), state donated."""
-    from cosmos_policy_jax.training import state as state_lib
-    from cosmos_policy_jax.training.step import jit_train_step, make_train_step
-
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.batch.items()}
-    return jit_train_step(
-        make_train_step(b.config, b.defs, b.tx, b.schedule),
-        state_lib.train_state_shardings(b.config, b.defs, b.tx, b.mesh),
-        abstract,
-        state_lib.shardings_of(b.defs.vae_abstract_params),
-        state_lib.shardings_of(b.defs.dit_abstract_rest),
-        b.mesh,
-    )
+    return b.model.jit_step(b.batch)
 
 
 def dit_batch(batch: dict) -> dict:
@@ -344,25 +335,11 @@ def abstract_batch(config, mesh) -> dict:
 
 def abstract_bench(config, mesh) -> Bench:
     """A ``Bench`` whose state, VAE parameters, buffers and batch are ShapeDtypeStructs (lower/compile only)."""
-    from cosmos_policy_jax.policy.config import PolicyConfig
-    from cosmos_policy_jax.training import state as state_lib
-    from cosmos_policy_jax.training.optimizer import make_optimizer
+    from cosmos_policy_jax.training import setup
 
-    defs = state_lib.model_defs(config, mesh)
-    tx, schedule = make_optimizer(config)
-    state = state_lib.abstract_train_state(config, defs, tx, mesh)
-    return Bench(
-        config,
-        mesh,
-        defs,
-        tx,
-        schedule,
-        state,
-        defs.vae_abstract_params,
-        defs.dit_abstract_rest,
-        abstract_batch(config, mesh),
-        PolicyConfig.from_config(config),
-    )
+    model = setup.build(config, mesh)
+    abstract = model.abstract()
+    return Bench(model, abstract.state, abstract.vae, abstract.rest, abstract_batch(config, mesh))
 
 
 def abstract_latent(b: Bench) -> jax.ShapeDtypeStruct:

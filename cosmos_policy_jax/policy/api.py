@@ -473,16 +473,16 @@ def build_model(config: Any, checkpoint: str, *, use_ema: bool | None = None) ->
     """
     import types
 
-    from cosmos_policy_jax.eval.loading import load_dit_params
     from cosmos_policy_jax.parallel.mesh import make_mesh
-    from cosmos_policy_jax.training.state import create_dit_rest, create_vae_params, model_defs
+    from cosmos_policy_jax.training import setup
 
     t0 = time.perf_counter()
     mesh = make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    defs = model_defs(config, mesh)
-    loaded = load_dit_params(checkpoint, defs.dit_abstract_params, use_ema=use_ema)
-    vae_params = create_vae_params(config, defs, mesh)
-    rest = create_dit_rest(defs, mesh, config)
+    model = setup.build(config, mesh)
+    defs = model.defs
+    loaded = model.load_params(checkpoint, use_ema=use_ema)
+    vae_params = model.vae_params()
+    rest = model.dit_rest()
     # The DiT graphdef splits into (params, rest); one state holding both keeps a single merge.
     from flax import nnx
 

@@ -15,7 +15,6 @@ items from each process).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,21 +22,13 @@ from typing import Any
 
 import jax
 
-from cosmos_policy_jax.common.files import atomic_path, atomic_write_json
+from cosmos_policy_jax.common.files import atomic_path, atomic_write_json, sha256_of
 from cosmos_policy_jax.common.paths import expand_path
 from cosmos_policy_jax.common.plain import to_plain
 
 FORMAT = "cosmos_policy_jax.policy_assets/1"
 ASSETS_DIR = "assets"
 EXPORT_MANIFEST = "policy.json"
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _expanded(path: str) -> str:

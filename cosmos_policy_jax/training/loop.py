@@ -22,33 +22,19 @@ import jax
 import numpy as np
 import yaml
 from absl import logging
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from cosmos_policy_jax import config_lib, xla_env
-from cosmos_policy_jax.convert.core import WeightImportError
 from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
-from cosmos_policy_jax.training import joblock
+from cosmos_policy_jax.training import joblock, setup
 from cosmos_policy_jax.training.assets import build_policy_assets, write_export_manifest
 from cosmos_policy_jax.training.callbacks import Callback, build_callbacks, read_jsonl_lines
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
 from cosmos_policy_jax.training.metrics import MetricsWindow, peak_tflops
-from cosmos_policy_jax.training.optimizer import make_optimizer
 from cosmos_policy_jax.training.preemption import Preemption
-from cosmos_policy_jax.training.state import (
-    TrainState,
-    abstract_train_state,
-    announce,
-    create_dit_rest,
-    create_train_state,
-    create_vae_params,
-    model_defs,
-    shardings_of,
-    train_state_shardings,
-)
-from cosmos_policy_jax.training.step import jit_train_step, make_train_step
+from cosmos_policy_jax.training.state import TrainState, announce
 from cosmos_policy_jax.training.validation import Validator
 
 # Metrics that measure time/speed/memory: they differ between otherwise identical runs.
@@ -181,46 +167,9 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _load_initial_params(self, defs):
-        """Weights from ``checkpoint.load_path`` (.pt / .safetensors / orbax), or None for random init."""
-        path = self.config.checkpoint.load_path
-        if not path:
-            announce("DiT: random initialisation (checkpoint.load_path is empty)")
-            return None
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint.load_path does not exist: {path}")
-        if ckpt_lib.is_orbax_checkpoint_dir(path):
-            root, step = ckpt_lib.split_step_dir(path)
-            ck = ckpt_lib.Checkpointer(root, read_only=True)
-            step = step if step is not None else (ck.steps() or [None])[-1]
-            if step is None:
-                raise ckpt_lib.CheckpointError(f"checkpoint.load_path {path}: no checkpoint steps found")
-            params = ck.restore_params(step, defs.dit_abstract_params)
-            msg = f"loaded DiT parameters from orbax checkpoint {root}/{step} (optimizer state not loaded)"
-        else:
-            from cosmos_policy_jax.convert.core import load_state_dict
-            from cosmos_policy_jax.convert.dit import import_dit
-
-            state_dict = load_state_dict(path)
-            # The reference's load_ema_to_reg: prefer EMA weights when the file carries them.
-            use_ema = bool(self.config.checkpoint.load_ema_to_reg) and any(k.startswith("net_ema.") for k in state_dict)
-            nested, report = import_dit(state_dict, defs.dit_abstract_params, use_ema=use_ema)
-            report_src = f"{path}{' (net_ema.* weights)' if use_ema else ''}"
-            params = jax.tree.map(lambda a: a, defs.dit_abstract_params)
-            nnx.replace_by_pure_dict(params, nested)
-            params = jax.device_put(params, shardings_of(defs.dit_abstract_params))
-            msg = f"loaded DiT weights from {report_src}: {report.summary()}"
-            logging.info("loaded keys: %s", ", ".join(report.loaded))
-        if bad := ckpt_lib.nonfinite_arrays({"params": params}):
-            raise WeightImportError(
-                f"checkpoint.load_path {path}: non-finite values (NaN/inf) in {len(bad)} array(s): {', '.join(bad[:4])}"
-            )
-        announce(msg)
-        return params
-
-    def _restore(self, defs, tx, ck: ckpt_lib.Checkpointer):
+    def _restore(self, model: setup.ModelSetup, ck: ckpt_lib.Checkpointer):
         """(iteration, state, data_state) from resume_from_checkpoint, the job's latest, or a fresh start."""
-        abstract = abstract_train_state(self.config, defs, tx, self.mesh)
+        abstract = model.abstract().state
         src = self.config.checkpoint.resume_from_checkpoint
         if src:
             root, step = ckpt_lib.split_step_dir(src)
@@ -239,8 +188,7 @@ class Trainer:
         if got is not None:
             announce(f"resuming from {ck.step_dir(got[0])}")
             return got
-        params = self._load_initial_params(defs)
-        return 0, create_train_state(self.config, defs, tx, self.mesh, params=params), None
+        return 0, model.init_state(model.initial_params()), None
 
     # -- main ----------------------------------------------------------------------------------
 
@@ -266,15 +214,15 @@ class Trainer:
     def _run(self) -> int:
         config, mesh = self.config, self.mesh
         _seed_host_rngs(int(config.trainer.seed))
-        defs = model_defs(config, mesh)
-        tx, schedule = make_optimizer(config)
+        model = setup.build(config, mesh)
+        defs = model.defs
         ck = ckpt_lib.Checkpointer(
             os.path.join(config.job.path_local, "checkpoints"),
             keep_last=int(config.checkpoint.keep_last),
             async_save=bool(config.checkpoint.async_save),
         )
         self._ck = ck
-        start_iter, state, data_state = self._restore(defs, tx, ck)
+        start_iter, state, data_state = self._restore(model, ck)
         if start_iter > int(config.trainer.max_iter):  # before any job file is rewritten
             raise config_lib.ConfigError(
                 [
@@ -282,30 +230,21 @@ class Trainer:
                     f"iteration {start_iter}; raise trainer.max_iter or use another job.path_local"
                 ]
             )
-        vae_params = create_vae_params(config, defs, mesh)
-        dit_rest = create_dit_rest(defs, mesh, config)
+        vae_params = model.vae_params()
+        dit_rest = model.dit_rest()
 
         _, dp_procs = process_data_parallel_info(mesh)
         gbs = global_batch_size(config.dataloader_train, mesh)
         feed = DataFeed(config, "dataloader_train", mesh, state=data_state)
         validator = Validator(config, mesh, defs) if config.trainer.run_validation else None
 
-        step_fn = make_train_step(config, defs, tx, schedule)
-        state_sh = train_state_shardings(config, defs, tx, mesh)
         first_batch, first_data_state = feed.next()
         # Inputs (weights, checkpoint, data) are all readable: only now touch the job directory's files,
         # so a run that fails on bad input leaves an existing job directory as it was.
         if self.is_main:
             _write_job_files(config, self.launch_info)
         self._assets = build_policy_assets(config, config.job.path_local)  # statistics exist once the feed is up
-        jitted = jit_train_step(
-            step_fn,
-            state_sh,
-            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), first_batch),
-            shardings_of(defs.vae_abstract_params),
-            shardings_of(defs.dit_abstract_rest),
-            mesh,
-        )
+        jitted = model.jit_step(first_batch)
         window = _metrics_window(config, gbs, self.k)
         if self.is_main:
             _print_run_summary(mesh, gbs, dp_procs, self.k, window.flops_per_sample)

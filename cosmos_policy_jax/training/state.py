@@ -164,33 +164,16 @@ def create_dit_rest(defs: ModelDefs, mesh: Mesh, config) -> Any:
         return jax.jit(make, out_shardings=shardings_of(defs.dit_abstract_rest))()
 
 
-def create_vae_params(config, defs: ModelDefs, mesh: Mesh) -> Any:
-    """Frozen VAE parameters: from ``model.tokenizer.load_path``, or a deterministic random init when
-    ``model.tokenizer.random_init`` asks for one. Either is announced on process 0's console."""
+def random_vae_params(config, defs: ModelDefs, mesh: Mesh) -> Any:
+    """A deterministic random VAE (seed ``trainer.seed + 1``), materialised with its shardings (configs with
+    ``model.tokenizer.random_init``; weight files are read by ``training.weights.load_vae``)."""
     rules = logical_rules(config)
-    shardings = shardings_of(defs.vae_abstract_params)
-    tok = config.model.tokenizer
-    path = tok.load_path
-    if path:
-        from cosmos_policy_jax.convert.vae import import_vae
-
-        nested, report = import_vae(path, defs.vae_abstract_params, cfg=defs.vae_cfg)
-        announce(f"loaded VAE weights from {path}: {report.summary()}")
-        params = jax.tree.map(lambda a: a, defs.vae_abstract_params)
-        nnx.replace_by_pure_dict(params, nested)
-        return jax.device_put(params, shardings)
-    # A config saved before ``random_init`` existed meant a random VAE by an empty load_path.
-    if not tok.get("random_init", True):
-        from cosmos_policy_jax.config_lib import ConfigError
-
-        raise ConfigError(["model.tokenizer.load_path: empty and model.tokenizer.random_init is not set"])
-    announce("VAE: random initialisation (model.tokenizer.random_init=True; no weight file)")
 
     def make():
         return nnx.state(WanVAE(defs.vae_cfg, rngs=nnx.Rngs(int(config.trainer.seed) + 1)), nnx.Param)
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        return jax.jit(make, out_shardings=shardings)()
+        return jax.jit(make, out_shardings=shardings_of(defs.vae_abstract_params))()
 
 
 def announce(msg: str) -> None:

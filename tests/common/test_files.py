@@ -87,3 +87,11 @@ def test_atomic_dir_keeps_the_copy_of_a_process_that_finished_first(tmp_path):
         (target / "theirs.txt").write_text("first")
     assert sorted(p.name for p in target.iterdir()) == ["theirs.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["built"]
+
+
+def test_sha256_of_reads_the_whole_file_in_blocks(tmp_path):
+    import hashlib
+
+    data = os.urandom((1 << 20) + 7)  # spans two read blocks
+    (tmp_path / "f.bin").write_bytes(data)
+    assert files.sha256_of(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()

@@ -8,6 +8,7 @@ import pytest
 
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax import config_lib
+from cosmos_policy_jax.common import files
 from cosmos_policy_jax.data import statistics, t5
 from cosmos_policy_jax.eval import loading
 from cosmos_policy_jax.training import assets
@@ -37,7 +38,7 @@ def job(tmp_path):
 def test_assets_carry_statistics_and_a_hashed_copy_of_the_embeddings(job):
     config, job_dir, data, stats, saved = job
     assert saved["t5_embeddings"]["file"] == os.path.join("assets", "t5_embeddings.pkl")
-    assert saved["t5_embeddings"]["sha256"] == assets.sha256_of(str(data / "t5.pkl"))
+    assert saved["t5_embeddings"]["sha256"] == files.sha256_of(str(data / "t5.pkl"))
     got = loading.load_checkpoint_assets(str(job_dir / "export" / "net.safetensors"))
     for k, v in stats.items():
         np.testing.assert_array_equal(got.stats[k], v)

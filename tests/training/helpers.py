@@ -9,10 +9,8 @@ from ml_collections import config_dict
 from configs.cosmos_policy import get_config
 from cosmos_policy_jax import config_lib
 from cosmos_policy_jax.parallel.mesh import make_mesh
-from cosmos_policy_jax.training import state as state_lib
+from cosmos_policy_jax.training import setup
 from cosmos_policy_jax.training.data import DataFeed
-from cosmos_policy_jax.training.optimizer import make_optimizer
-from cosmos_policy_jax.training.step import jit_train_step, make_train_step
 
 
 def tiny_config(tmp_path=None, **overrides) -> config_dict.ConfigDict:
@@ -46,21 +44,12 @@ class StepRunner:
 
     def __init__(self, config, mesh, batch_example: dict):
         self.config, self.mesh = config, mesh
-        self.defs = state_lib.model_defs(config, mesh)
-        self.tx, schedule = make_optimizer(config)
-        self.state = state_lib.create_train_state(config, self.defs, self.tx, mesh)
-        self.vae = state_lib.create_vae_params(config, self.defs, mesh)
-        self.rest = state_lib.create_dit_rest(self.defs, mesh, config)
-        self.state_sh = state_lib.train_state_shardings(config, self.defs, self.tx, mesh)
-        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_example.items()}
-        self.step = jit_train_step(
-            make_train_step(config, self.defs, self.tx, schedule),
-            self.state_sh,
-            abstract,
-            state_lib.shardings_of(self.defs.vae_abstract_params),
-            state_lib.shardings_of(self.defs.dit_abstract_rest),
-            mesh,
-        )
+        self.model = setup.build(config, mesh)
+        self.defs, self.tx, self.state_sh = self.model.defs, self.model.tx, self.model.state_shardings
+        self.state = self.model.init_state()
+        self.vae = self.model.vae_params()
+        self.rest = self.model.dit_rest()
+        self.step = self.model.jit_step(batch_example)
 
     def put(self, batch: dict) -> dict:
         """Re-place a batch (possibly from another mesh) onto this mesh's batch sharding."""

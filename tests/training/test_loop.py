@@ -1,6 +1,6 @@
 """The training loop: its cadence, catch-up of dropped micro-batches and preemption on a fake
-micro-step (fast), and end to end on the tiny config: exact resume, restore on another mesh,
-fixture weights through checkpoint.load_path."""
+micro-step (fast), and end to end on the tiny config: exact resume, restore on another mesh (the fixture
+weights through checkpoint.load_path: tests/training/test_setup.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import signal
 from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
 from ml_collections import config_dict
@@ -18,7 +17,6 @@ from safetensors.numpy import load_file
 from cosmos_policy_jax.training import loop
 from cosmos_policy_jax.training.callbacks import Callback
 from cosmos_policy_jax.training.metrics import MetricsWindow
-from tests.fixture_utils import fixture_path, load_fixture
 from tests.training.helpers import mesh_for, tiny_config
 
 
@@ -69,68 +67,6 @@ def test_checkpoint_from_one_mesh_restores_on_another(tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert np.isfinite(rows[-1]["loss"]) and rows[-1]["optimizer_step"] == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
-
-
-def test_fixture_weights_via_load_path_give_the_fixture_loss(tmp_path, capsys):
-    """dit_checkpoint_net.pt initialises the network through checkpoint.load_path (logged), and the
-    first training loss on the fixture batch, sigma and noise equals the reference's."""
-    from cosmos_policy_jax.config_lib import set_field
-    from cosmos_policy_jax.training import state as state_lib
-    from cosmos_policy_jax.training.optimizer import make_optimizer
-    from cosmos_policy_jax.training.step import EPSILON_KEY, SIGMA_KEY, jit_train_step, make_train_step
-
-    step, info = load_fixture("policy_train_step.safetensors")
-    _, vae_info = load_fixture("vae_state_dict.safetensors")
-    net_info = info["net"]
-    c = tiny_config(tmp_path)
-    for key in ("model_channels", "num_blocks", "num_heads", "adaln_lora_dim", "crossattn_emb_channels", "mlp_ratio"):
-        set_field(c, f"model.net.{key}", net_info[key])
-    for key in ("rope_h_extrapolation_ratio", "rope_w_extrapolation_ratio", "rope_t_extrapolation_ratio"):
-        set_field(c, f"model.net.{key}", float(net_info[key]))
-    vc = vae_info["config"]
-    c.model.tokenizer.dim = vc["dim"]
-    c.model.tokenizer.num_res_blocks = vc["num_res_blocks"]
-    c.model.tokenizer.dim_mult = tuple(vc["dim_mult"])
-    c.model.tokenizer.temperal_downsample = tuple(vc["temperal_downsample"])
-    c.model.tokenizer.load_path = str(fixture_path("vae_tokenizer.pth"))
-    c.checkpoint.load_path = str(fixture_path("dit_checkpoint_net.pt"))
-    c.model.state_t = info["model_config"]["state_t"]
-    c.model.num_conditional_frames = info["model_config"]["min_num_conditional_frames"]
-    for slot in c.model.latent_layout:
-        key = f"batch.{slot}_latent_idx"
-        c.model.latent_layout[slot] = int(step[key][0]) if key in step else -1
-    c.model.loss_scale = float(info["model_config"]["loss_scale"])
-    mesh = mesh_for(c, (1, 1, 1))
-
-    trainer = loop.Trainer(config_dict.FrozenConfigDict(c), mesh)
-    defs = state_lib.model_defs(trainer.config, mesh)
-    params = trainer._load_initial_params(defs)
-    out = capsys.readouterr().out
-    assert "dit_checkpoint_net.pt" in out and "loaded" in out and "ignored" in out
-    tx, schedule = make_optimizer(trainer.config)
-    state = state_lib.create_train_state(trainer.config, defs, tx, mesh, params=params)
-    vae = state_lib.create_vae_params(trainer.config, defs, mesh)
-    rest = state_lib.create_dit_rest(defs, mesh, trainer.config)
-    batch = {k[len("batch.") :]: v for k, v in step.items() if k.startswith("batch.")}
-    batch = {k: v for k, v in batch.items() if not k.endswith("_latent_idx") and v.dtype.kind in "biuf"}
-    batch = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in batch.items()}
-    batch[SIGMA_KEY] = step["sigma"]
-    batch[EPSILON_KEY] = step["epsilon"]
-    fn = jit_train_step(
-        make_train_step(trainer.config, defs, tx, schedule),
-        state_lib.train_state_shardings(trainer.config, defs, tx, mesh),
-        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()},
-        state_lib.shardings_of(defs.vae_abstract_params),
-        state_lib.shardings_of(defs.dit_abstract_rest),
-        mesh,
-    )
-    with jax.set_mesh(mesh):
-        _, metrics = fn(state, batch, vae, rest)
-    metrics = jax.device_get(metrics)
-    np.testing.assert_allclose(float(metrics["loss"]), float(step["loss"]), rtol=1e-4)
-    np.testing.assert_allclose(
-        float(metrics["demo_sample_action_l1_loss"]), float(step["loss.demo_sample_action_l1_loss"]), rtol=1e-4
-    )
 
 
 # -- the loop's steps on a fake micro-step: no model, so every case runs in well under a second --------

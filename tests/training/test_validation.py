@@ -15,8 +15,7 @@ from flax import nnx
 
 from cosmos_policy_jax.policy.config import PolicyConfig
 from cosmos_policy_jax.policy.inference import build_video, jit_policy_fn
-from cosmos_policy_jax.training import state as state_lib
-from cosmos_policy_jax.training.optimizer import make_optimizer
+from cosmos_policy_jax.training import setup
 from cosmos_policy_jax.training.validation import make_sampled_action_l1
 from tests.training.helpers import mesh_for, tiny_config
 
@@ -25,10 +24,11 @@ from tests.training.helpers import mesh_for, tiny_config
 def test_sampled_action_l1_is_the_policy_action_error():
     c = tiny_config()
     mesh = mesh_for(c, (1, 1, 1))
-    defs = state_lib.model_defs(c, mesh)
-    params = state_lib.create_train_state(c, defs, make_optimizer(c)[0], mesh).params
-    vae_params = state_lib.create_vae_params(c, defs, mesh)
-    rest = state_lib.create_dit_rest(defs, mesh, c)
+    model = setup.build(c, mesh)
+    defs = model.defs
+    params = model.init_state().params
+    vae_params = model.vae_params()
+    rest = model.dit_rest()
     pcfg = PolicyConfig.from_config(c)
     ds = c.dataloader_val.dataset
     rng = np.random.default_rng(0)
