@@ -128,15 +128,16 @@ def inference_mismatches(saved: Any, requested: Any) -> list[tuple[str, Any, Any
     return [c for c in diff(saved, requested) if _both_set(c) and _matches(c[0], INFERENCE_KEYS)]
 
 
-def check_checkpoint_matches(checkpoint: str, requested: Any) -> str:
-    """Raise ``ConfigError`` (one line) when ``checkpoint`` was trained with another action size, chunk,
-    layout or image size than ``requested``; returns the saved config's path ('' when there is none)."""
+def check_checkpoint_matches(checkpoint: str, requested: Any, *, name: str = "checkpoint") -> str:
+    """Raise ``ConfigError`` (one line, starting with ``name``) when ``checkpoint`` was trained with another
+    action size, chunk, layout or image size than ``requested``; returns the saved config's path ('' when
+    there is none)."""
     saved, where = saved_config_for(checkpoint)
     if saved is None:
         return ""
     bad = inference_mismatches(saved, requested)
     if bad:
         raise ConfigError(
-            [f"checkpoint {checkpoint} was trained with other settings than the config ({where}): {describe(bad)}"]
+            [f"{name} {checkpoint} was trained with other settings than the config ({where}): {describe(bad)}"]
         )
     return where

@@ -79,3 +79,22 @@ def test_eval_stops_on_a_checkpoint_trained_with_other_sizes(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: checkpoint") and "action_dim: 7 -> 2" in err[0]
+
+
+def test_a_planning_checkpoint_trained_with_other_sizes_is_refused(tmp_path):
+    from cosmos_policy_jax.planning.config import PlanningConfig
+    from cosmos_policy_jax.planning.policy import planning_policy_from_model
+
+    policy_job, planning_job = _saved_job(tmp_path / "p", "demo"), _saved_job(tmp_path / "w", "tiny")
+    c = cosmos_policy.get_config("demo")
+    config_lib.resolve(c)
+    with pytest.raises(config_lib.ConfigError, match=r"^planning checkpoint .*action_dim: 7 -> 2"):
+        planning_policy_from_model(c, None, {}, {}, PlanningConfig(), str(planning_job))
+    out = subprocess.run(
+        [sys.executable, "-m", "cosmos_policy_jax.eval", "--config=configs/cosmos_policy.py:demo",
+         f"--checkpoint={policy_job}", f"--planning_checkpoint={planning_job}", f"--output={tmp_path / 'out'}"],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: planning checkpoint") and "action_dim: 7 -> 2" in err[0]

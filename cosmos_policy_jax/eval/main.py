@@ -200,6 +200,8 @@ def _check_inputs(config: Any, opts: EvalOptions) -> str:
         if vae and not os.path.exists(vae):
             raise EvalInputError(f"model.tokenizer.load_path: not found: {vae}{config_lib.download_hint(vae)}")
         check_checkpoint_matches(opts.checkpoint, config)
+        if opts.planning_checkpoint:  # the world model / value network queries the same latent layout
+            check_checkpoint_matches(opts.planning_checkpoint, config, name="planning checkpoint")
     kind = _dataset_cfg(config).kind
     if kind not in ("demo", "libero"):
         raise EvalInputError(f"closed-loop evaluation supports the demo and libero configs, not dataset.kind={kind!r}")

@@ -102,9 +102,12 @@ def planning_policy_from_model(
     ``CosmosPolicy``'s: the weights are shared, not copied)."""
     from flax import nnx
 
+    from cosmos_policy_jax.config_drift import check_checkpoint_matches
     from cosmos_policy_jax.policy.api import build_model
     from cosmos_policy_jax.policy.config import PolicyConfig
 
+    if planning_checkpoint:  # before any weight is read: the planner shares the policy's latent layout
+        check_checkpoint_matches(planning_checkpoint, config, name="planning checkpoint")
     t0 = time.perf_counter()
     net_def, net_state, vae_def, vae_state = model
     planning_net = None
