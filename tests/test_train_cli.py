@@ -8,7 +8,7 @@ import time
 import numpy as np
 import yaml
 
-from cosmos_policy_jax.training.loop import deterministic_row, read_metrics
+from cosmos_policy_jax.training.metrics import deterministic_row, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import random
 from collections.abc import Callable
@@ -30,15 +29,12 @@ from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
 from cosmos_policy_jax.training import joblock, setup
 from cosmos_policy_jax.training.assets import build_policy_assets, write_export_manifest
-from cosmos_policy_jax.training.callbacks import Callback, build_callbacks, read_jsonl_lines
+from cosmos_policy_jax.training.callbacks import Callback, build_callbacks
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
 from cosmos_policy_jax.training.metrics import MetricsWindow, peak_tflops
 from cosmos_policy_jax.training.preemption import Preemption
 from cosmos_policy_jax.training.state import TrainState, announce
 from cosmos_policy_jax.training.validation import Validator
-
-# Metrics that measure time/speed/memory: they differ between otherwise identical runs.
-TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s", "time")
 
 
 def _write_job_files(config, launch_info: dict) -> None:
@@ -370,19 +366,3 @@ class Trainer:
 
 def run(config, mesh, launch_info: dict | None = None) -> int:
     return Trainer(config, mesh, launch_info).run()
-
-
-def read_metrics(job_dir: str) -> list[dict]:
-    """The rows of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is skipped with a warning)."""
-    path = os.path.join(job_dir, "metrics.jsonl")
-    with open(path, "rb") as f:
-        return read_jsonl_lines(f.read().decode("utf-8", errors="replace").splitlines(), path)
-
-
-def deterministic_row(row: dict) -> dict:
-    """A metrics row without the timing/memory fields (which differ between identical runs)."""
-    return {
-        k: v
-        for k, v in row.items()
-        if k not in TIMING_KEYS and not k.startswith("device") and not (isinstance(v, float) and math.isnan(v))
-    }

@@ -9,6 +9,8 @@ never counts as step time.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,10 +18,15 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from cosmos_policy_jax.training.callbacks import read_jsonl_lines
+
 T = TypeVar("T")
 
 # Dense bf16 peak TFLOP/s per device for MFU, by device kind substring (override: trainer.peak_tflops).
 PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "B200": 2250.0, "L40S": 362.0, "TPU v5p": 459.0}
+
+# Metrics that measure time/speed/memory: they differ between otherwise identical runs.
+TIMING_KEYS = ("step_time_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_s", "time")
 
 # Reported once for the window, not averaged: the value after its last micro-step.
 _LAST_VALUE_KEYS = ("nonfinite_steps", "optimizer_step", "loss_scale", "lr")
@@ -121,3 +128,19 @@ class MetricsWindow:
     def restart(self) -> None:
         """An empty window, timed from now (after the row was logged)."""
         self._rows, self._micro, self._data_wait, self._t0 = [], 0, 0.0, self._clock()
+
+
+def read_metrics(job_dir: str) -> list[dict]:
+    """The rows of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is skipped with a warning)."""
+    path = os.path.join(job_dir, "metrics.jsonl")
+    with open(path, "rb") as f:
+        return read_jsonl_lines(f.read().decode("utf-8", errors="replace").splitlines(), path)
+
+
+def deterministic_row(row: dict) -> dict:
+    """A metrics row without the timing/memory fields (which differ between identical runs)."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in TIMING_KEYS and not k.startswith("device") and not (isinstance(v, float) and math.isnan(v))
+    }

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from cosmos_policy_jax.training.loop import deterministic_row, read_metrics
+from cosmos_policy_jax.training.metrics import deterministic_row, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "cosmos_policy_jax.train"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from cosmos_policy_jax.training.loop import read_metrics
+from cosmos_policy_jax.training.metrics import read_metrics
 from tests.reliability import helpers
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
-from cosmos_policy_jax.training import loop
+from cosmos_policy_jax.training import metrics as metrics_lib
 from cosmos_policy_jax.training import optimizer as opt_lib
 from cosmos_policy_jax.training.state import TrainState
 from tests.training.helpers import mesh_for, tiny_config
@@ -83,7 +83,7 @@ def test_training_resumes_after_changing_grad_accum_iter(tmp_path):
     assert _run(tmp_path, 2) == 0
     assert _run(tmp_path, 4, **{"trainer.grad_accum_iter": 2}) == 0
     assert _run(tmp_path, 5) == 0
-    rows = loop.read_metrics(str(tmp_path))
+    rows = metrics_lib.read_metrics(str(tmp_path))
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["optimizer_step"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(r["loss"]) for r in rows)

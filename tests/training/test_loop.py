@@ -15,6 +15,7 @@ from ml_collections import config_dict
 from safetensors.numpy import load_file
 
 from cosmos_policy_jax.training import loop
+from cosmos_policy_jax.training import metrics as metrics_lib
 from cosmos_policy_jax.training.callbacks import Callback
 from cosmos_policy_jax.training.metrics import MetricsWindow
 from tests.training.helpers import mesh_for, tiny_config
@@ -36,7 +37,7 @@ def _run(tmp, max_iter: int, shape=(8, 1, 1), **overrides) -> int:
 
 
 def _rows(job):
-    return [loop.deterministic_row(r) for r in loop.read_metrics(str(job))]
+    return [metrics_lib.deterministic_row(r) for r in metrics_lib.read_metrics(str(job))]
 
 
 @pytest.mark.slow
@@ -63,7 +64,7 @@ def test_resume_gives_identical_params_and_metrics(tmp_path):
 def test_checkpoint_from_one_mesh_restores_on_another(tmp_path):
     assert _run(tmp_path, 2, shape=(8, 1, 1)) == 0
     assert _run(tmp_path, 3, shape=(2, 2, 2)) == 0
-    rows = loop.read_metrics(str(tmp_path))
+    rows = metrics_lib.read_metrics(str(tmp_path))
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert np.isfinite(rows[-1]["loss"]) and rows[-1]["optimizer_step"] == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from ml_collections import config_dict
 from tensorboardX.proto import event_pb2
 
-from cosmos_policy_jax.training import loop
+from cosmos_policy_jax.training import metrics as metrics_lib
 from cosmos_policy_jax.training.callbacks import MetricsLogger
 
 
@@ -38,7 +38,7 @@ def test_resume_cuts_torn_later_and_repeated_rows(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text(text)
     logger = _logger(tmp_path)
     logger.on_train_start(None, 3)
-    assert [(r["iteration"], r.get("split")) for r in loop.read_metrics(str(tmp_path))] == [
+    assert [(r["iteration"], r.get("split")) for r in metrics_lib.read_metrics(str(tmp_path))] == [
         (1, None),
         (2, None),
         (3, None),
@@ -49,9 +49,9 @@ def test_resume_cuts_torn_later_and_repeated_rows(tmp_path, caplog):
     before = time.time()
     logger.on_step_end(None, 4, {"loss": 0.5, "lr": float("nan")})
     logger.on_train_end(None, 4)
-    last = loop.read_metrics(str(tmp_path))[-1]
+    last = metrics_lib.read_metrics(str(tmp_path))[-1]
     assert last["iteration"] == 4 and last["lr"] is None and before - 1 <= last["time"] <= time.time() + 1
-    assert "time" not in loop.deterministic_row(last)
+    assert "time" not in metrics_lib.deterministic_row(last)
     purges = [e.step for e in _events(tmp_path) if e.HasField("session_log") and e.session_log.status == 1]
     assert purges == [4]  # SessionLog.START at the first step after the checkpoint: TensorBoard drops later ones
 
@@ -72,4 +72,4 @@ def test_fresh_start_purges_nothing_and_keeps_a_clean_file(tmp_path):
 
 def test_read_metrics_skips_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iteration": 2}\n{"itera')
-    assert [r["iteration"] for r in loop.read_metrics(str(tmp_path))] == [1, 2]
+    assert [r["iteration"] for r in metrics_lib.read_metrics(str(tmp_path))] == [1, 2]
