@@ -172,15 +172,6 @@ def import_vae(
     return unflatten(flat), report
 
 
-def load_vae(cfg: WanVAEConfig, path: str | os.PathLike | None = None, *, seed: int = 0) -> WanVAE:
-    """A ``WanVAE`` with weights from ``path`` (``tokenizer.pth`` / ``.safetensors``), or random if None."""
-    model = WanVAE(cfg, rngs=nnx.Rngs(seed))
-    if path:
-        params, _ = import_vae(path, model)
-        nnx.update(model, params)
-    return model
-
-
 def _flat_params(params: Any) -> dict[Path, np.ndarray]:
     if isinstance(params, nnx.Module):
         params = nnx.state(params, nnx.Param)

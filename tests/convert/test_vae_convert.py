@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from cosmos_policy_jax.convert.core import WeightImportError, load_state_dict
-from cosmos_policy_jax.convert.vae import export_vae, import_vae, load_vae, vae_rules, vae_state_dict
-from cosmos_policy_jax.models.vae import WanVAEConfig, abstract_vae, param_shapes
+from cosmos_policy_jax.convert.vae import export_vae, import_vae, vae_rules, vae_state_dict
+from cosmos_policy_jax.models.vae import WanVAE, WanVAEConfig, abstract_vae, param_shapes
 from tests.fixture_utils import fixture_path, load_fixture
 
 
@@ -69,7 +69,9 @@ def test_round_trip_reproduces_state_dict_exactly(fixture_sd, tmp_path):
 
 def test_import_into_model_and_abstract_state(fixture_sd):
     sd, cfg = fixture_sd
-    model = load_vae(cfg, fixture_path("vae_state_dict.safetensors"))
+    model = WanVAE(cfg, rngs=nnx.Rngs(0))
+    loaded, _ = import_vae(fixture_path("vae_state_dict.safetensors"), model)  # into a live module
+    nnx.update(model, loaded)
     got = nnx.state(model, nnx.Param).to_pure_dict()
     abstract_state = nnx.state(abstract_vae(cfg), nnx.Param)
     with pytest.raises(TypeError, match="cfg"):
