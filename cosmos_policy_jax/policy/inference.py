@@ -167,9 +167,7 @@ def observation_latent(vae: Any, video: jax.Array, cfg: PolicyConfig, *, all_fra
         rest = layout.state_t - prefix.shape[2]
         latent = jnp.pad(prefix, ((0, 0), (0, 0), (0, max(rest, 0)), (0, 0), (0, 0)))
     if latent.shape[1] != cfg.state_ch or latent.shape[2] != layout.state_t:
-        raise ValueError(
-            f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={layout.state_t}"
-        )
+        raise ValueError(f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={layout.state_t}")
     return latent
 
 
