@@ -6,21 +6,20 @@ For each config: a random-weight export with its ``policy.json`` (statistics and
 embedding, so requests carry a string as real clients do) is written to a temporary directory and
 loaded once with ``load_policy``. Then, per number of clients N (the policy's compiled batch size and
 the server's ``--max_batch`` set to N, the server's default batching window unless
-``--batch_window_ms``/``--batch_max_wait_ms`` say otherwise):
-
-* ``bare``: the jitted policy call alone on a prepared batch of N rows (``--requests`` calls after the
-  compile; p50 per call, throughput N / mean call time): what the compute itself allows;
-
-then N threads each send ``--requests`` requests one after the other (after one warm-up request each)
+``--batch_window_ms``/``--batch_max_wait_ms`` say otherwise), N threads each send ``--requests`` requests one after the other (after one warm-up request each)
 through
 
 * ``inprocess``: ``PolicyService.infer`` (the batcher, no network),
 * ``openpi``: the websocket server, with the real ``openpi-client``,
 * ``act``: the HTTP server, with json-numpy bodies (``json_numpy`` when installed).
 
+Before those, ``bare``: the jitted policy call alone on a prepared batch of N rows, for every N, the
+sizes interleaved call by call (``--requests`` calls each after the compile; p50 per call, throughput
+N / mean call time): what the compute itself allows.
+
 With one client the protocols are interleaved request by request (round robin), so that a shared
-machine's changing load hits them alike. The servers run in this process (threads), on 127.0.0.1. Figures: p50/p99 latency per request and
-throughput (requests/s over the whole run). ``protocol_overhead_p50`` = protocol p50 / in-process p50
+machine's changing load hits them alike. The servers run in this process (threads), on 127.0.0.1.
+Figures: p50/p99 latency per request and throughput (requests/s over the whole run). ``protocol_overhead_p50`` = protocol p50 / in-process p50
 - 1 at one client; ``batching_speedup`` = throughput at the most clients / at one client (in-process,
 and per protocol as ``batching_speedup_<protocol>``); ``compute_speedup_bound`` = bare throughput at
 the largest batch / at batch 1: what batching can give at most on this machine, before any serving cost.
@@ -160,27 +159,32 @@ def run_interleaved(service, protocols: list[str], requests: int, ports: dict[st
              "throughput_rps": round(len(v) / sum(v), 3), "mean_batch": 1.0} for p, v in lat.items()]  # fmt: skip
 
 
-def time_bare(policy, batch: int, requests: int) -> dict:
-    """The compiled policy call alone on ``batch`` prepared rows (inputs built once, results fetched)."""
+def time_bare(policy, batches: list[int], requests: int) -> list[dict]:
+    """The compiled policy call alone on prepared batches of each size (inputs built once, results fetched).
+
+    The sizes are interleaved call by call (round robin), so that a shared machine's changing load hits
+    them alike: their throughput ratio is the figure.
+    """
     import jax
 
-    rows = [policy.prepare(_observation(policy, np.random.default_rng(i))) for i in range(batch)]
-    obs, emb, noise = policy._inputs(rows)
     fn = policy._fn(False)
-
-    def call():
-        return jax.device_get(fn(policy.net_state, policy.vae_state, obs, emb, policy._stats32, noise))
-
-    call()  # compile (or reuse) and warm up
-    times = []
+    calls = {}
+    for b in batches:
+        rows = [policy.prepare(_observation(policy, np.random.default_rng(i))) for i in range(b)]
+        obs, emb, noise = policy._inputs(rows)
+        calls[b] = lambda obs=obs, emb=emb, noise=noise: jax.device_get(
+            fn(policy.net_state, policy.vae_state, obs, emb, policy._stats32, noise)
+        )
+        calls[b]()  # compile and warm up
+    times: dict[int, list[float]] = {b: [] for b in batches}
     for _ in range(requests):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    arr = np.asarray(times)
-    return {"protocol": "bare", "clients": batch, "requests": requests,
-            "p50_ms": round(float(np.percentile(arr, 50)) * 1e3, 2), "p99_ms": round(float(np.percentile(arr, 99)) * 1e3, 2),
-            "throughput_rps": round(batch / float(arr.mean()), 3), "mean_batch": float(batch)}  # fmt: skip
+        for b, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[b].append(time.perf_counter() - t0)
+    return [{"protocol": "bare", "clients": b, "requests": requests,
+             "p50_ms": round(float(np.percentile(v, 50)) * 1e3, 2), "p99_ms": round(float(np.percentile(v, 99)) * 1e3, 2),
+             "throughput_rps": round(b / float(np.mean(v)), 3), "mean_batch": float(b)} for b, v in times.items()]  # fmt: skip
 
 
 def bench_config(
@@ -193,13 +197,18 @@ def bench_config(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         policy = load_policy(make_export(config_arg, tmp))
+        bare = time_bare(policy, clients_list, requests)
+        for row in bare:
+            row["config"] = config_arg
+            row["load_avg"] = common.load_avg()
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        rows += bare
         for clients in clients_list:
             policy.batch_size = clients  # compiled batch size = most requests per call
             service = PolicyService(
                 policy, max_batch=clients, window_s=window_s, max_wait_s=max_wait_s, log_every=0, log=lambda s: None
             )
             service.policy.run([policy.prepare(_observation(policy, np.random.default_rng(0)))])  # compile
-            bare = time_bare(policy, clients, requests)
             servers, ports = {}, {}
             for protocol in protocols:
                 ports[protocol] = common_port()
@@ -217,11 +226,11 @@ def bench_config(
             finally:
                 for server in servers.values():
                     server.shutdown()
-            for row in [bare, *new]:
+            for row in new:
                 row["config"] = config_arg
                 row["load_avg"] = common.load_avg()
                 print(json.dumps(row), file=sys.stderr, flush=True)
-            rows += [bare, *new]
+            rows += new
             service.close()
     return rows
 
