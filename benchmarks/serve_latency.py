@@ -28,6 +28,7 @@ the largest batch / at batch 1: what batching can give at most on this machine, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -196,7 +197,8 @@ def bench_config(
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        policy = load_policy(make_export(config_arg, tmp))
+        with contextlib.redirect_stdout(sys.stderr):  # start-up notes; stdout carries only the --json result
+            policy = load_policy(make_export(config_arg, tmp))
         bare = time_bare(policy, clients_list, requests)
         for row in bare:
             row["config"] = config_arg
