@@ -5,22 +5,30 @@ r"""Policy-server latency and throughput: in-process vs the openpi websocket and
 For each config: a random-weight export with its ``policy.json`` (statistics and one instruction's
 embedding, so requests carry a string as real clients do) is written to a temporary directory and
 loaded once with ``load_policy``. Then, per number of clients N (the policy's compiled batch size and
-the server's ``--max_batch`` set to N, a 5 ms batching window), N threads each send ``--requests``
-requests one after the other (after one warm-up request each) through
+the server's ``--max_batch`` set to N, the server's default batching window unless
+``--batch_window_ms``/``--batch_max_wait_ms`` say otherwise), N threads each send ``--requests`` requests one after the other (after one warm-up request each)
+through
 
 * ``inprocess``: ``PolicyService.infer`` (the batcher, no network),
 * ``openpi``: the websocket server, with the real ``openpi-client``,
 * ``act``: the HTTP server, with json-numpy bodies (``json_numpy`` when installed).
 
+Before those, ``bare``: the jitted policy call alone on a prepared batch of N rows, for every N, the
+sizes interleaved call by call (``--requests`` calls each after the compile; p50 per call, throughput
+N / mean call time): what the compute itself allows.
+
 With one client the protocols are interleaved request by request (round robin), so that a shared
-machine's changing load hits them alike. The servers run in this process (threads), on 127.0.0.1. Figures: p50/p99 latency per request and
-throughput (requests/s over the whole run). ``protocol_overhead_p50`` = protocol p50 / in-process p50
-- 1 at one client; ``batching_speedup`` = throughput at the most clients / at one client (in-process).
+machine's changing load hits them alike. The servers run in this process (threads), on 127.0.0.1.
+Figures: p50/p99 latency per request and throughput (requests/s over the whole run). ``protocol_overhead_p50`` = protocol p50 / in-process p50
+- 1 at one client; ``batching_speedup`` = throughput at the most clients / at one client (in-process,
+and per protocol as ``batching_speedup_<protocol>``); ``compute_speedup_bound`` = bare throughput at
+the largest batch / at batch 1: what batching can give at most on this machine, before any serving cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -152,17 +160,56 @@ def run_interleaved(service, protocols: list[str], requests: int, ports: dict[st
              "throughput_rps": round(len(v) / sum(v), 3), "mean_batch": 1.0} for p, v in lat.items()]  # fmt: skip
 
 
-def bench_config(config_arg: str, clients_list: list[int], requests: int, protocols: list[str]) -> list[dict]:
+def time_bare(policy, batches: list[int], requests: int) -> list[dict]:
+    """The compiled policy call alone on prepared batches of each size (inputs built once, results fetched).
+
+    The sizes are interleaved call by call (round robin), so that a shared machine's changing load hits
+    them alike: their throughput ratio is the figure.
+    """
+    import jax
+
+    fn = policy._fn(False)
+    calls = {}
+    for b in batches:
+        rows = [policy.prepare(_observation(policy, np.random.default_rng(i))) for i in range(b)]
+        obs, emb, noise = policy._inputs(rows)
+        calls[b] = lambda obs=obs, emb=emb, noise=noise: jax.device_get(
+            fn(policy.net_state, policy.vae_state, obs, emb, policy._stats32, noise)
+        )
+        calls[b]()  # compile and warm up
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(requests):
+        for b, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[b].append(time.perf_counter() - t0)
+    return [{"protocol": "bare", "clients": b, "requests": requests,
+             "p50_ms": round(float(np.percentile(v, 50)) * 1e3, 2), "p99_ms": round(float(np.percentile(v, 99)) * 1e3, 2),
+             "throughput_rps": round(b / float(np.mean(v)), 3), "mean_batch": float(b)} for b, v in times.items()]  # fmt: skip
+
+
+def bench_config(
+    config_arg: str, clients_list: list[int], requests: int, protocols: list[str], window_s: float, max_wait_s
+) -> list[dict]:
     from cosmos_policy_jax.policy.api import load_policy
     from cosmos_policy_jax.serve import act_http, openpi_ws
     from cosmos_policy_jax.serve.service import PolicyService
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        policy = load_policy(make_export(config_arg, tmp))
+        with contextlib.redirect_stdout(sys.stderr):  # start-up notes; stdout carries only the --json result
+            policy = load_policy(make_export(config_arg, tmp))
+        bare = time_bare(policy, clients_list, requests)
+        for row in bare:
+            row["config"] = config_arg
+            row["load_avg"] = common.load_avg()
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        rows += bare
         for clients in clients_list:
             policy.batch_size = clients  # compiled batch size = most requests per call
-            service = PolicyService(policy, max_batch=clients, window_s=0.005, log_every=0, log=lambda s: None)
+            service = PolicyService(
+                policy, max_batch=clients, window_s=window_s, max_wait_s=max_wait_s, log_every=0, log=lambda s: None
+            )
             service.policy.run([policy.prepare(_observation(policy, np.random.default_rng(0)))])  # compile
             servers, ports = {}, {}
             for protocol in protocols:
@@ -183,6 +230,7 @@ def bench_config(config_arg: str, clients_list: list[int], requests: int, protoc
                     server.shutdown()
             for row in new:
                 row["config"] = config_arg
+                row["load_avg"] = common.load_avg()
                 print(json.dumps(row), file=sys.stderr, flush=True)
             rows += new
             service.close()
@@ -200,15 +248,25 @@ def common_port() -> int:
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for cfg in sorted({r["config"] for r in rows}):
-        base = {r["protocol"]: r for r in rows if r["config"] == cfg and r["clients"] == 1}
-        inproc = [r for r in rows if r["config"] == cfg and r["protocol"] == "inprocess"]
-        most = max(inproc, key=lambda r: r["clients"]) if inproc else None
-        out[cfg] = {
-            **{f"protocol_overhead_p50_{p}": round(base[p]["p50_ms"] / base["inprocess"]["p50_ms"] - 1, 4)
-               for p in base if p != "inprocess" and "inprocess" in base},
-            **({"batching_speedup": round(most["throughput_rps"] / base["inprocess"]["throughput_rps"], 2),
-                "batching_clients": most["clients"]} if most and "inprocess" in base else {}),
-        }  # fmt: skip
+        mine = [r for r in rows if r["config"] == cfg]
+        base = {r["protocol"]: r for r in mine if r["clients"] == 1}
+        most = {}  # protocol -> its row at the most clients (> 1)
+        for r in sorted(mine, key=lambda r: r["clients"]):
+            if r["clients"] > 1:
+                most[r["protocol"]] = r
+        summary: dict = {}
+        for p in base:
+            if p not in ("inprocess", "bare") and "inprocess" in base:
+                overhead = base[p]["p50_ms"] / base["inprocess"]["p50_ms"] - 1
+                summary[f"protocol_overhead_p50_{p}"] = round(overhead, 4)
+        for p, r in most.items():
+            if p in base:
+                ratio = round(r["throughput_rps"] / base[p]["throughput_rps"], 2)
+                summary["compute_speedup_bound" if p == "bare" else f"batching_speedup_{p}"] = ratio
+                summary["batching_clients"] = r["clients"]
+        if "batching_speedup_inprocess" in summary:
+            summary["batching_speedup"] = summary["batching_speedup_inprocess"]
+        out[cfg] = summary
     return out
 
 
@@ -218,12 +276,17 @@ def main() -> None:
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--requests", type=int, default=10, help="requests per client (after 1 warm-up)")
     p.add_argument("--protocols", default="inprocess,openpi,act")
+    p.add_argument("--batch_window_ms", type=float, default=5.0, help="the server's default")
+    p.add_argument("--batch_max_wait_ms", type=float, default=None, help="default 4 x --batch_window_ms (the server's)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     common.apply_project_xla_defaults()
+    window_s = a.batch_window_ms / 1e3
+    max_wait_s = None if a.batch_max_wait_ms is None else a.batch_max_wait_ms / 1e3
     rows = []
+    clients = [int(c) for c in a.clients.split(",")]
     for cfg in a.configs.split(","):
-        rows += bench_config(cfg, [int(c) for c in a.clients.split(",")], a.requests, a.protocols.split(","))
+        rows += bench_config(cfg, clients, a.requests, a.protocols.split(","), window_s, max_wait_s)
     result = {"run": common.run_info(), "rows": rows, "summary": summarize(rows)}
     if a.json:
         print(json.dumps(result))
@@ -232,6 +295,10 @@ def main() -> None:
             print(f"{r['config']:6s} {r['protocol']:9s} clients {r['clients']:3d}: p50 {r['p50_ms']:9.2f} ms  "
                   f"p99 {r['p99_ms']:9.2f} ms  {r['throughput_rps']:8.2f} req/s")  # fmt: skip
         print(json.dumps(result["summary"], indent=1))
+    for cfg, summary in result["summary"].items():
+        if "compute_speedup_bound" in summary:
+            print(f"{cfg}: compute speedup bound (bare call, batch {summary['batching_clients']} / batch 1): "
+                  f"{summary['compute_speedup_bound']}x", file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

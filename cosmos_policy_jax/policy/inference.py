@@ -2,8 +2,8 @@
 
 ``generate_actions`` builds the video exactly as the datasets do (one blank frame, then
 ``temporal_compression`` copies of each current camera image in its slot; every other slot black),
-encodes it with the VAE, conditions on the first ``num_conditional_frames`` latent frames plus the
-injected (normalised) proprio, runs the diffusion sampler from deterministic noise and decodes the
+encodes its conditioning prefix with the VAE (``observation_latent``), conditions on the first
+``num_conditional_frames`` latent frames plus the injected (normalised) proprio, runs the diffusion sampler from deterministic noise and decodes the
 action chunk (mean over the tiled copies, un-normalised with the dataset statistics), the value
 ((v + 1) / 2 clipped to [0, 1]), the future proprio and, optionally, the future camera images.
 
@@ -134,7 +134,8 @@ def generate_actions(
     num_steps = cfg.sampler_num_steps if num_steps is None else int(num_steps)
     video = build_video(observation, cfg.layout, cfg.temporal_compression)
     b, h, w = video.shape[0], video.shape[-2], video.shape[-1]
-    latent = _observation_latent(vae, video, cfg)
+    # Future images restore their non-image frames from the clean latent of the whole video.
+    latent = observation_latent(vae, video, cfg, all_frames=return_future_images)
     proprio = _normalized_proprio(observation, st, cfg.layout, b)
     gt_frames, frame_mask = inference_condition(latent, proprio, cfg)
     emb = _per_environment(instruction_embedding, b)
@@ -147,13 +148,26 @@ def generate_actions(
     return result
 
 
-def _observation_latent(vae: Any, video: jax.Array, cfg: PolicyConfig) -> jax.Array:
-    """The VAE latent of the observation video, checked against the config's latent shape."""
-    latent = encode_video(vae, video, cfg)
-    if latent.shape[1] != cfg.state_ch or latent.shape[2] != cfg.layout.state_t:
-        raise ValueError(
-            f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={cfg.layout.state_t}"
-        )
+def observation_latent(vae: Any, video: jax.Array, cfg: PolicyConfig, *, all_frames: bool = False) -> jax.Array:
+    """The VAE latent (B, C, state_t, h, w) of the observation video, checked against the config's latent shape.
+
+    Only the first ``num_conditional_frames`` latent frames reach the sampler (``inference_condition``
+    marks them clean; every later frame is drawn from noise, and the current-proprio frame is overwritten
+    whole by the injection), so by default only the pixel frames of that prefix are encoded and the later
+    latent frames are zeros. The VAE is causal in time, so the prefix's latent is the same as in a
+    whole-video encode (up to float summation order); a third of the video (libero layout) costs a
+    third of the encode. ``all_frames`` encodes the whole video (needed by ``decode_future_images``).
+    """
+    layout = cfg.layout
+    if all_frames:
+        latent = encode_video(vae, video, cfg)
+    else:
+        n_pix = layout.pixel_frames(layout.num_conditional_frames - 1, cfg.temporal_compression).stop
+        prefix = encode_video(vae, video[:, :, :n_pix], cfg)
+        rest = layout.state_t - prefix.shape[2]
+        latent = jnp.pad(prefix, ((0, 0), (0, 0), (0, max(rest, 0)), (0, 0), (0, 0)))
+    if latent.shape[1] != cfg.state_ch or latent.shape[2] != layout.state_t:
+        raise ValueError(f"VAE latent {latent.shape} does not match state_ch={cfg.state_ch}, state_t={layout.state_t}")
     return latent
 
 

@@ -1,15 +1,18 @@
 """Request batching: observations arriving within a short window run as one jitted policy call.
 
 Connection threads ``submit`` prepared observations and block on their own future; one worker
-thread takes the first waiting request, waits up to ``window_s`` for more (at most ``max_batch``),
-runs ``policy.run`` once and hands each row's result to its own future, so replies never cross
-between clients. Every call runs at the policy's fixed ``batch_size`` (padded), so a request's
+thread takes the first waiting request and collects more until ``max_batch`` are there, or no new one
+arrived for ``window_s`` (each arrival re-opens the window), or ``max_wait_s`` passed since the first
+one; then it runs ``policy.run`` once and hands each row's result to its own future, so replies never
+cross between clients. Re-opening the window matters under load: the replies of one batch go out one
+after the other, so the clients' next requests come back spread over more than a few milliseconds,
+and a window counted from the first of them alone split them into partial batches (each of which
+costs a whole ``max_batch`` call). Every call runs at the policy's fixed ``batch_size`` (padded), so a request's
 result does not depend on what it was batched with. A failing call fails only the requests in it.
 """
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 import time
@@ -54,10 +57,27 @@ class Stats:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list[Any]], list[Any]], *, max_batch: int, window_s: float, stats: Stats):
+    """One worker thread running ``run`` on batches of submitted items (see the module docstring).
+
+    ``max_wait_s`` (default ``4 * window_s``) bounds how long the first request of a batch waits.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch: int,
+        window_s: float,
+        stats: Stats,
+        max_wait_s: float | None = None,
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        max_wait_s = 4 * float(window_s) if max_wait_s is None else float(max_wait_s)
+        if window_s < 0 or max_wait_s < 0:
+            raise ValueError(f"window_s and max_wait_s must be >= 0, got {window_s} and {max_wait_s}")
         self.run, self.max_batch, self.window_s, self.stats = run, int(max_batch), float(window_s), stats
+        self.max_wait_s = max(max_wait_s, self.window_s)
         self.queue: queue.Queue = queue.Queue()
         self.closed = threading.Event()
         self.in_flight = 0
@@ -83,11 +103,12 @@ class Batcher:
         first = self.queue.get()
         if first is None:
             return []
-        batch = collections.deque([first])
-        deadline = time.perf_counter() + self.window_s
+        batch = [first]
+        cap = time.perf_counter() + self.max_wait_s
+        deadline = min(time.perf_counter() + self.window_s, cap)
         while len(batch) < self.max_batch:
             left = deadline - time.perf_counter()
-            try:
+            try:  # past the deadline, requests already queued still join
                 nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
@@ -95,7 +116,8 @@ class Batcher:
                 self.queue.put(None)  # keep the stop marker for the loop
                 break
             batch.append(nxt)
-        return list(batch)
+            deadline = min(time.perf_counter() + self.window_s, cap)  # each arrival re-opens the window
+        return batch
 
     def _loop(self) -> None:
         while True:

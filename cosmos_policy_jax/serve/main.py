@@ -1,7 +1,8 @@
 r"""Serve a trained policy over the network.
 
     python -m cosmos_policy_jax.serve --checkpoint=JOB_DIR [--config=configs/cosmos_policy.py:demo] \
-        [--protocol=openpi|act] [--host=127.0.0.1] [--port=8000] [--max_batch=8] [--batch_window_ms=5]
+        [--protocol=openpi|act] [--host=127.0.0.1] [--port=8000] [--max_batch=8] [--batch_window_ms=5] \
+        [--batch_max_wait_ms=20]
 
 ``--protocol=openpi``: openpi's websocket protocol (``openpi-client``); ``act``: NVIDIA's ``POST /act``
 with json-numpy bodies. Binding anything but localhost needs an API key (``--api_key`` or
@@ -36,7 +37,12 @@ def _define_flags() -> None:
     flags.DEFINE_integer("port", 8000, "Port")
     flags.DEFINE_string("api_key", None, f"API key clients must send (default: ${API_KEY_ENV})")
     flags.DEFINE_integer("max_batch", 8, "Most requests per jitted call (also the compiled batch size)")
-    flags.DEFINE_float("batch_window_ms", 5.0, "How long the first request of a batch waits for others")
+    flags.DEFINE_float(
+        "batch_window_ms", 5.0, "A batch runs once no new request arrived for this long (each arrival re-opens it)"
+    )
+    flags.DEFINE_float(
+        "batch_max_wait_ms", None, "Longest wait of a batch's first request for others (default 4 x batch_window_ms)"
+    )
     flags.DEFINE_integer("max_request_mb", 32, "Largest accepted request")
     flags.DEFINE_integer("log_every", 100, "One console line (req/s, p50/p99, batch size) per N requests")
     flags.DEFINE_string("stats", "", "dataset_statistics.json (default: saved with the checkpoint)")
@@ -76,8 +82,14 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         log(f"[serve] planning: {planning}")
     return PolicyService(
         policy, max_batch=opts.max_batch, window_s=opts.batch_window_ms / 1e3, log_every=opts.log_every, log=log,
-        run=run,
+        run=run, max_wait_s=_max_wait_ms(opts) / 1e3,
     )  # fmt: skip
+
+
+def _max_wait_ms(opts: Any) -> float:
+    """``--batch_max_wait_ms``, default 4 x ``--batch_window_ms``."""
+    given = getattr(opts, "batch_max_wait_ms", None)
+    return 4 * opts.batch_window_ms if given is None else given
 
 
 def _planning_config(opts: Any, action_steps: int) -> Any:
@@ -101,8 +113,10 @@ def make_server(service: PolicyService, opts: Any, api_key: str | None):
 def _check(opts: Any) -> str | None:
     if not opts.checkpoint:
         raise EvalInputError("--checkpoint is required")
-    if opts.max_batch < 1 or opts.batch_window_ms < 0 or opts.max_request_mb < 1:
-        raise EvalInputError("--max_batch and --max_request_mb must be >= 1, --batch_window_ms >= 0")
+    if opts.max_batch < 1 or opts.batch_window_ms < 0 or _max_wait_ms(opts) < 0 or opts.max_request_mb < 1:
+        raise EvalInputError(
+            "--max_batch and --max_request_mb must be >= 1, --batch_window_ms and --batch_max_wait_ms >= 0"
+        )
     key = opts.api_key or os.environ.get(API_KEY_ENV) or None
     if opts.host not in LOCAL_HOSTS and not key:
         raise EvalInputError(f"--host={opts.host} is reachable from other machines: set --api_key or ${API_KEY_ENV}")
@@ -137,7 +151,7 @@ def serve(opts: Any, config: Any, log=print) -> int:
     log(
         f"[serve] {opts.protocol} on {opts.host}:{opts.port}{' (API key required)' if key else ''}: layout "
         f"{m['layout']}, cameras {m['cameras']}, proprio {m['proprio_dim']}, chunk {m['chunk_size']}x"
-        f"{m['action_dim']}, batch <= {opts.max_batch} within {opts.batch_window_ms} ms"
+        f"{m['action_dim']}, batch <= {opts.max_batch}, window {opts.batch_window_ms} ms (at most {_max_wait_ms(opts)} ms)"
     )
     print("[serve] ready", flush=True)
     try:

@@ -38,13 +38,24 @@ class PolicyService:
     """A policy behind a batcher: ``infer(observation dict) -> result dict`` or ``RequestError``."""
 
     def __init__(
-        self, policy: CosmosPolicy, *, max_batch: int, window_s: float, log_every: int, log=print, run: Any = None
+        self,
+        policy: CosmosPolicy,
+        *,
+        max_batch: int,
+        window_s: float,
+        log_every: int,
+        log=print,
+        run: Any = None,
+        max_wait_s: float | None = None,
     ):
-        """``run``: what answers a batch of prepared rows (default ``policy.run``; a planner's ``run``)."""
+        """``run``: what answers a batch of prepared rows (default ``policy.run``; a planner's ``run``).
+        ``window_s``, ``max_wait_s``: the batching window and its bound (``batching.Batcher``)."""
         self.policy = policy
         self.stats = Stats(log_every, log)
         self.batcher_run = run or policy.run
-        self.batcher = Batcher(self.batcher_run, max_batch=max_batch, window_s=window_s, stats=self.stats)
+        self.batcher = Batcher(
+            self.batcher_run, max_batch=max_batch, window_s=window_s, max_wait_s=max_wait_s, stats=self.stats
+        )
         self.metadata = policy.metadata
 
     def infer(self, observation: Any) -> dict[str, Any]:

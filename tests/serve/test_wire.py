@@ -94,3 +94,37 @@ def test_a_failing_call_fails_only_its_requests():
         batcher.submit(-1)
     assert batcher.submit(3) == 3
     batcher.close()
+
+
+def _staggered(batcher, n, gap_s):
+    """Submit 0..n-1 from their own threads, ``gap_s`` apart; the answers by item."""
+    out = {}
+    threads = []
+    for i in range(n):
+        threads.append(threading.Thread(target=lambda i=i: out.__setitem__(i, batcher.submit(i))))
+        threads[-1].start()
+        time.sleep(gap_s)
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    return out
+
+
+def test_each_arrival_reopens_the_batching_window():
+    # Arrivals 0.1 s apart span 0.5 s, more than the 0.3 s window: a window counted from the first request
+    # alone would split them, re-opened at each arrival it keeps them in one call.
+    calls = []
+    batcher = Batcher(lambda items: calls.append(list(items)) or items, max_batch=8, window_s=0.3, max_wait_s=5.0,
+                      stats=Stats(0, print))  # fmt: skip
+    assert _staggered(batcher, 6, 0.1) == {i: i for i in range(6)}
+    assert calls == [list(range(6))]
+
+
+def test_the_batching_wait_is_bounded():
+    calls = []
+    batcher = Batcher(lambda items: calls.append(list(items)) or items, max_batch=8, window_s=0.3, max_wait_s=0.25,
+                      stats=Stats(0, print))  # fmt: skip
+    assert _staggered(batcher, 6, 0.1) == {i: i for i in range(6)}
+    # The first call closes 0.25 s after the first request: arrivals at 0.3 s and later are not in it.
+    assert len(calls) >= 2 and len(calls[0]) <= 3 and sum(map(len, calls)) == 6
+    assert [i for c in calls for i in c] == list(range(6))
