@@ -53,7 +53,8 @@ def make_export(config_arg: str, directory: str) -> str:
     from cosmos_policy_jax.convert.dit import export_dit
     from cosmos_policy_jax.data import t5
     from cosmos_policy_jax.models.dit import DiTConfig, MinimalV1LVGDiT
-    from cosmos_policy_jax.training.assets import FORMAT, sha256_of
+    from cosmos_policy_jax.common.files import sha256_of
+    from cosmos_policy_jax.training.assets import FORMAT
 
     config = get_config(config_arg)
     ds = config.dataloader_train.dataset

@@ -1,5 +1,5 @@
 """Conditioning of the policy: the batch video's latent, the per-sample condition and loss masks, and the
-injection of the action chunk, proprio and value into their latent frames (REFERENCE.md 4.3-4.5, 4.9, 5).
+injection of the action chunk, proprio and value into their latent frames.
 
 A frame is "conditioning" (mask 1) when the network sees it clean (``gt_frames``) instead of noised. Which
 frames are depends on the sample type (demo / world-model / value-function, from the batch's rollout
@@ -77,7 +77,7 @@ def condition_mask(
     mask_future_state_for_qvalue_prediction: bool = False,
     dtype: Any = jnp.float32,
 ) -> jax.Array:
-    """Conditioning mask, 1 = clean input frame (REFERENCE.md 4.4): (B, T), or (B, 1, T, H, W) with ``latent_hw``.
+    """Conditioning mask, 1 = clean input frame: (B, T), or (B, 1, T, H, W) with ``latent_hw``.
 
     The first ``num_conditional_frames`` frames are inputs. With rollout masks in the batch, world-model
     samples also take the action frame as input, value-function samples take every frame but the value.
@@ -124,7 +124,7 @@ def frame_condition_mask(batch: Mapping[str, Any], batch_size: int, cfg: PolicyC
 
 
 def loss_frame_mask(batch: Mapping[str, Any], batch_size: int, cfg: PolicyConfig) -> jax.Array:
-    """Per-frame loss multiplier (B, T) float32 from the optional masking flags (REFERENCE.md 4.9).
+    """Per-frame loss multiplier (B, T) float32 from the optional masking flags.
 
     All ones unless a flag is on (the shipped LIBERO config); then, per sample type:
     * V(s') / Q(s, a) input masking: value-function samples only keep the value frame;

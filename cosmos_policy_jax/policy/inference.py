@@ -1,4 +1,4 @@
-"""Policy inference: observation -> action chunk, value and predicted future state (REFERENCE.md 5).
+"""Policy inference: observation -> action chunk, value and predicted future state.
 
 ``generate_actions`` builds the video exactly as the datasets do (one blank frame, then
 ``temporal_compression`` copies of each current camera image in its slot; every other slot black),
