@@ -50,10 +50,10 @@ def make_export(config_arg: str, directory: str) -> str:
 
     from configs.cosmos_policy import get_config
     from cosmos_policy_jax import config_lib
+    from cosmos_policy_jax.common.files import sha256_of
     from cosmos_policy_jax.convert.dit import export_dit
     from cosmos_policy_jax.data import t5
     from cosmos_policy_jax.models.dit import DiTConfig, MinimalV1LVGDiT
-    from cosmos_policy_jax.common.files import sha256_of
     from cosmos_policy_jax.training.assets import FORMAT
 
     config = get_config(config_arg)
