@@ -51,9 +51,9 @@ def load_eval_statistics(dataset_cfg: Any, stats_path: str | None) -> tuple[dict
             return stats_lib.load_statistics(path, action_dim, proprio_dim), path
         if dataset_cfg.kind == "demo":
             from cosmos_policy_jax.data.libero import LiberoSource
-            from cosmos_policy_jax.demo import dataset as demo_gen
+            from cosmos_policy_jax.demo import dataset as demo_dataset
 
-            demo_gen.ensure_demo_dataset(dataset_cfg)
+            demo_dataset.ensure_demo_dataset(dataset_cfg)
             if not os.path.isfile(path):
                 LiberoSource.from_config(dataset_cfg)  # writes dataset_statistics.json as training would
             return stats_lib.load_statistics(path, action_dim, proprio_dim), path

@@ -136,16 +136,16 @@ def _image_spec(config: Any, opts: EvalOptions, kind: str, demo_jpeg: bool) -> p
 
 
 def _demo_setup(config: Any, opts: EvalOptions):
-    from cosmos_policy_jax.demo import dataset as demo_gen
+    from cosmos_policy_jax.demo import dataset as demo_dataset
     from cosmos_policy_jax.demo import env as demo_env
 
     ds = _dataset_cfg(config)
-    root = demo_gen.demo_root(ds)
+    root = demo_dataset.demo_root(ds)
     sim = demo_env.sim_config_from_manifest(root, int(ds.final_image_size))
     if opts.max_steps is not None:
         sim = dataclasses.replace(sim, max_steps=int(opts.max_steps))
     jpeg = False
-    manifest = os.path.join(root, demo_gen.MANIFEST)
+    manifest = os.path.join(root, demo_dataset.MANIFEST)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             jpeg = bool(json.load(f).get("params", {}).get("jpeg", False))

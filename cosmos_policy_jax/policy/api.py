@@ -85,10 +85,10 @@ def _demo_jpeg(ds: Any) -> bool:
     import json
     import os
 
-    from cosmos_policy_jax.demo import dataset as demo_gen
+    from cosmos_policy_jax.demo import dataset as demo_dataset
 
     try:
-        manifest = os.path.join(demo_gen.demo_root(ds), demo_gen.MANIFEST)
+        manifest = os.path.join(demo_dataset.demo_root(ds), demo_dataset.MANIFEST)
     except Exception:  # unset data root: the demo default (no JPEG)
         return False
     if not os.path.isfile(manifest):
