@@ -239,6 +239,44 @@ def compute_t5_embeddings(
     return out
 
 
+def load_t5_encoder(model: str, device: str = "cpu") -> tuple[Any, Any]:
+    """``(encoder, tokenizer)`` of a transformers T5 model (a hub name or a local directory) on ``device``
+    (``"auto"``: CUDA when torch sees a GPU); a missing ``torch`` extra is a ``DataError`` saying how to
+    install it."""
+    try:
+        import torch
+        from transformers import AutoTokenizer, T5EncoderModel
+    except ImportError as e:
+        raise DataError(f"the T5 encoder {model!r} needs the torch extra: pip install -e '.[torch]' ({e})") from e
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        encoder = T5EncoderModel.from_pretrained(model).to(device).eval()
+    except OSError as e:  # not a local directory and not downloadable
+        raise DataError(f"T5 encoder {model!r}: cannot load it ({str(e).splitlines()[0]})") from e
+    return encoder, tokenizer
+
+
+def t5_text_encoder(
+    model: str, *, max_length: int = 512, dim: int | None = None, device: str = "auto"
+) -> Callable[[str], np.ndarray]:
+    """A function ``text -> (max_length, D)`` float32 embedding with the T5 encoder ``model``, computed
+    as ``compute`` does (for instructions a checkpoint's table lacks). ``dim``: the width the policy
+    expects, checked once here."""
+    encoder, tokenizer = load_t5_encoder(model, device)
+    device = str(encoder.device)
+    width = int(encoder.config.d_model)
+    if dim is not None and width != dim:
+        raise DataError(f"T5 encoder {model!r} gives {width}-dim embeddings; the policy was trained on {dim}")
+
+    def encode(text: str) -> np.ndarray:
+        emb = compute_t5_embeddings([text], encoder, tokenizer, max_length=max_length, batch_size=1, device=device)
+        return emb[text][0]
+
+    return encode
+
+
 def _list_instructions(kind: str, data_dir: str, rollout_data_dir: str) -> list[str]:
     from cosmos_policy_jax.data.registry import list_instructions
 
@@ -282,21 +320,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.command == "list":
             print("\n".join(instructions))
             return 0
-        try:
-            import torch
-            from transformers import AutoTokenizer, T5EncoderModel
-        except ImportError:
-            print("computing T5 embeddings needs the torch extra: pip install -e '.[torch]'", file=sys.stderr)
-            return 2
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        encoder = T5EncoderModel.from_pretrained(args.model).to(args.device).eval()
+        encoder, tokenizer = load_t5_encoder(args.model, args.device)
         emb = compute_t5_embeddings(
             instructions, encoder, tokenizer, max_length=args.max_length, batch_size=args.batch_size, device=args.device
         )
         if args.dtype == "bfloat16":
             emb = {k: v.astype(ml_dtypes.bfloat16) for k, v in emb.items()}
         save_t5_embeddings(emb, args.out)
-        del torch
         print(f"wrote {len(emb)} embeddings to {args.out}")
         return 0
     except (DataError, OSError, ValueError) as e:  # bad input or an unwritable output: one line, exit 2

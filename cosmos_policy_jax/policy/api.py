@@ -410,6 +410,7 @@ def load_policy(
     num_steps: int | None = None,
     image_preprocessing: preprocess.ImagePreprocessing | None = None,
     text_encoder: Callable[[str], np.ndarray] | None = None,
+    t5_model: str = "",
     seed: int = 0,
     batch_size: int = 1,
 ) -> CosmosPolicy:
@@ -417,7 +418,9 @@ def load_policy(
     (``export/net.safetensors`` with its ``policy.json``), or a reference ``.pt`` (then ``config``, ``stats``
     and ``t5`` are needed). ``config`` given with a self-contained checkpoint must agree with the saved one
     on action/proprio dims, chunk, layout and image size (one-line ``EvalInputError`` otherwise).
-    ``batch_size``: the compiled batch size (see the module docstring)."""
+    ``t5_model``: a transformers T5 encoder (hub name or local directory; the ``torch`` extra) that embeds,
+    once each, instructions the checkpoint's table lacks. ``batch_size``: the compiled batch size (see the
+    module docstring)."""
     from cosmos_policy_jax.eval import loading
 
     assets = loading.load_checkpoint_assets(path)
@@ -431,6 +434,10 @@ def load_policy(
         stats_arrays, stats_source = assets.stats, f"{path} (saved with the checkpoint)"
     table_path = t5 or assets.t5_path or _existing(ds.t5_text_embeddings_path)
     table = loading.load_instruction_embeddings(table_path, int(ds.text_len), int(ds.text_dim)) if table_path else None
+    if text_encoder is None and t5_model:
+        from cosmos_policy_jax.data.t5 import t5_text_encoder
+
+        text_encoder = t5_text_encoder(t5_model, max_length=int(ds.text_len), dim=int(ds.text_dim))
     if text_encoder is None and ds.kind == "demo":
         from cosmos_policy_jax.demo import text_stub
 

@@ -47,6 +47,10 @@ def _define_flags() -> None:
     flags.DEFINE_integer("log_every", 100, "One console line (req/s, p50/p99, batch size) per N requests")
     flags.DEFINE_string("stats", "", "dataset_statistics.json (default: saved with the checkpoint)")
     flags.DEFINE_string("t5", "", "T5 embeddings file (default: saved with the checkpoint)")
+    flags.DEFINE_string(
+        "t5_model", "", "T5 encoder (transformers name or local dir; torch extra) for instructions the checkpoint "
+        "lacks, each embedded once; '' = such requests are refused"
+    )  # fmt: skip
     flags.DEFINE_integer("num_steps", None, "Denoising steps (default: config.model.sampler.num_steps)")
     flags.DEFINE_integer("seed", 0, "Default sampling seed of requests that send none")
     flags.DEFINE_enum("use_ema", "auto", ["auto", "true", "false"], "Use EMA parameters (auto: when present)")
@@ -63,6 +67,7 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
         config=config,
         stats=opts.stats or None,
         t5=opts.t5 or None,
+        t5_model=getattr(opts, "t5_model", ""),
         use_ema=cli.tri_state(opts.use_ema),
         num_steps=opts.num_steps,
         seed=opts.seed,

@@ -176,3 +176,44 @@ def test_compute_with_tiny_random_t5():
     both = t5_lib.compute_t5_embeddings(texts, encoder, tokenizer, max_length=24, batch_size=2)
     for text in texts:
         np.testing.assert_allclose(both[text], out[text], atol=1e-5)
+
+
+@pytest.mark.skipif(HAVE_TORCH and HAVE_TRANSFORMERS, reason="the torch extra is installed")
+def test_text_encoder_without_torch_names_the_extra():
+    with pytest.raises(DataError, match=r"T5 encoder 'google-t5/t5-11b' needs the torch extra: pip install"):
+        t5_lib.t5_text_encoder("google-t5/t5-11b")
+
+
+def _tiny_t5_dir(directory) -> str:
+    """A random 16-dim T5 encoder and a word-level tokenizer saved as a local transformers model."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    words = ["<pad>", "</s>", "<unk>", "pick", "up", "the", "bowl", "open", "it"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(directory)
+    cfg = T5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    T5EncoderModel(cfg).eval().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.mark.skipif(
+    not (HAVE_TORCH and HAVE_TRANSFORMERS), reason="needs the optional torch extra (torch + transformers)"
+)
+def test_text_encoder_from_a_local_model_matches_compute(tmp_path):
+    model = _tiny_t5_dir(tmp_path / "t5")
+    encode = t5_lib.t5_text_encoder(model, max_length=12, dim=16, device="cpu")
+    encoder, tokenizer = t5_lib.load_t5_encoder(model)
+    want = t5_lib.compute_t5_embeddings(["pick up the bowl"], encoder, tokenizer, max_length=12)["pick up the bowl"]
+    got = encode("pick up the bowl")
+    assert got.shape == (12, 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want[0], atol=1e-6)
+    assert not got[4:].any() and np.abs(got[:4]).sum(axis=-1).min() > 0  # 4 word tokens, then padding
+    with pytest.raises(DataError, match="gives 16-dim embeddings; the policy was trained on 1024"):
+        t5_lib.t5_text_encoder(model, dim=1024, device="cpu")
+    with pytest.raises(DataError, match="cannot load it"):
+        t5_lib.t5_text_encoder(str(tmp_path / "missing"), device="cpu")
