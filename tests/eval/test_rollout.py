@@ -233,7 +233,8 @@ def test_model_policy_end_to_end_on_the_demo(tmp_path, monkeypatch):
     report = main.evaluate(config, opts, log=lambda *a: None)
     assert report["summary"]["episodes"] == 3
     assert report["timing"]["policy_calls"] == 2
-    assert "reference state dict" in report["settings"]["weights"]
+    # The job dir resolved to its export; no policy.json says it holds EMA weights, so they are the raw ones.
+    assert report["settings"]["weights"].startswith(f"{ckpt} (raw weights): ")
     assert report["settings"]["num_denoising_steps"] == 2
     rows = [json.loads(x) for x in (tmp_path / "out" / "episodes.jsonl").read_text().splitlines()]
     assert all(len(r["values"]) == 1 and 0.0 <= r["values"][0] <= 1.0 for r in rows)
