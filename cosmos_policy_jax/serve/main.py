@@ -186,6 +186,7 @@ def main(argv: list[str]) -> int:
 
     f = flags.FLAGS
     cli.reject_positional(argv)
+    cli.quiet_logging()  # orbax/jax INFO lines would bury the [serve] lines and a start-up error
     try:
         return serve(f, f.config)
     except Exception as e:

@@ -184,8 +184,8 @@ def test_text_encoder_without_torch_names_the_extra():
         t5_lib.t5_text_encoder("google-t5/t5-11b")
 
 
-def _tiny_t5_dir(directory) -> str:
-    """A random 16-dim T5 encoder and a word-level tokenizer saved as a local transformers model."""
+def tiny_t5_dir(directory, d_model: int = 16) -> str:
+    """A random ``d_model``-wide T5 encoder and a word-level tokenizer saved as a local transformers model."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
@@ -196,7 +196,7 @@ def _tiny_t5_dir(directory) -> str:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(directory)
-    cfg = T5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    cfg = T5Config(vocab_size=len(words), d_model=d_model, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
     T5EncoderModel(cfg).eval().save_pretrained(directory)
     return str(directory)
 
@@ -205,7 +205,7 @@ def _tiny_t5_dir(directory) -> str:
     not (HAVE_TORCH and HAVE_TRANSFORMERS), reason="needs the optional torch extra (torch + transformers)"
 )
 def test_text_encoder_from_a_local_model_matches_compute(tmp_path):
-    model = _tiny_t5_dir(tmp_path / "t5")
+    model = tiny_t5_dir(tmp_path / "t5")
     encode = t5_lib.t5_text_encoder(model, max_length=12, dim=16, device="cpu")
     encoder, tokenizer = t5_lib.load_t5_encoder(model)
     want = t5_lib.compute_t5_embeddings(["pick up the bowl"], encoder, tokenizer, max_length=12)["pick up the bowl"]

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from configs.cosmos_policy import get_config
+from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.eval.errors import EvalInputError
 from cosmos_policy_jax.policy.api import ObservationError, load_policy
+from tests.data.test_t5 import HAVE_TORCH, HAVE_TRANSFORMERS, tiny_t5_dir
 from tests.serve.conftest import MAX_BATCH, observation
 
 pytestmark = pytest.mark.slow
@@ -92,3 +94,29 @@ def test_bad_observations_name_the_problem(policy, change, match):
 def test_compiled_memory_is_reported(policy):
     mem = policy.memory_analysis(1)
     assert mem["argument_size_in_bytes"] > 0 and mem["peak_bytes"] >= mem["argument_size_in_bytes"]
+
+
+@pytest.mark.skipif(HAVE_TORCH and HAVE_TRANSFORMERS, reason="the torch extra is installed")
+def test_a_t5_model_without_the_torch_extra_is_one_line_error(env):
+    with pytest.raises(DataError, match=r"T5 encoder 'google-t5/t5-11b' needs the torch extra: pip install"):
+        load_policy(env["job"], t5_model="google-t5/t5-11b")
+
+
+@pytest.mark.skipif(
+    not (HAVE_TORCH and HAVE_TRANSFORMERS), reason="needs the optional torch extra (torch + transformers)"
+)
+def test_an_unknown_instruction_is_embedded_by_the_t5_model_once(env, tmp_path):
+    from cosmos_policy_jax.data import t5 as t5_lib
+
+    ds = get_config("demo,tiny").dataloader_train.dataset
+    model = tiny_t5_dir(tmp_path / "t5", d_model=int(ds.text_dim))
+    policy = load_policy(env["job"], t5_model=model, batch_size=1)
+    text = "pick up the bowl"
+    assert text not in policy.embeddings
+    out = policy.infer(observation(np.random.default_rng(0), policy.cameras, instruction=text))
+    assert out["actions"].shape == (policy.chunk, policy.action_dim) and np.isfinite(out["actions"]).all()
+    want = t5_lib.t5_text_encoder(model, max_length=int(ds.text_len), device="cpu")(text)
+    np.testing.assert_allclose(policy.embeddings[text], want, atol=1e-6)  # the T5 model's, not the demo stand-in's
+    wide = int(ds.text_dim) + 8
+    with pytest.raises(DataError, match=f"gives {wide}-dim embeddings; the policy was trained on {ds.text_dim}"):
+        load_policy(env["job"], t5_model=tiny_t5_dir(tmp_path / "t5_wide", d_model=wide))
