@@ -39,6 +39,12 @@ OPTIONAL = [
     ("tensorboardX", "tensorboardX"),
     ("tensorboard", "tensorboard"),
     ("array_record", "array-record"),
+    # The policy server and its benchmark (the `serve` extra and the real openpi client).
+    ("websockets", "websockets"),
+    ("msgpack", "msgpack"),
+    ("json_numpy", "json-numpy"),
+    ("tree", "dm-tree"),
+    ("openpi_client", "openpi-client"),
 ]
 
 

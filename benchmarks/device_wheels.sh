@@ -5,8 +5,10 @@
 #
 # The device image (one H200, Python 3.12.3) already has jax/jaxlib 0.11.2 with the CUDA 13 plugin,
 # flax, optax, orbax-checkpoint, etils, tensorstore, h5py, safetensors, pillow, pyyaml, numpy, absl-py,
-# protobuf, cloudpickle, psutil. It lacks grain and ml-collections, and of their requirements only
-# array-record and portpicker. Exactly those are fetched, pinned (no duplicates of what is there):
+# protobuf, cloudpickle, psutil, msgpack, attrs, wrapt. It lacks grain and ml-collections, and of their
+# requirements only array-record and portpicker; for the serving benchmark it lacks websockets,
+# json-numpy, dm-tree and the openpi client (whose numpy<2 pin is why everything installs --no-deps).
+# Exactly those are fetched, pinned (no duplicates of what is there):
 # `gpu_check.sh` installs them with --no-index --no-deps. The working tree that travels to the
 # device is limited to 64 MiB, so the total is checked against WHEEL_LIMIT_MIB (default 40).
 set -euo pipefail
@@ -18,6 +20,10 @@ WHEELS=(
   ml-collections==1.1.0
   array-record==0.8.6
   portpicker==1.6.0
+  websockets==17.4
+  json-numpy==2.1.1
+  dm-tree==0.1.10
+  openpi-client==0.1.2
 )
 LIMIT_MIB=${WHEEL_LIMIT_MIB:-40}
 PY=${PYTHON:-python3}

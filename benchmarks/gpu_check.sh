@@ -18,10 +18,12 @@
 #   (b) vae224: the VAE encode at production size (30 x 3 x 33 x 224 x 224, bf16, 6 passes);
 #   (c) sample_libero: one 2B action chunk (5 sampler steps) at 224 px;
 #   (d) bench_step: the fp32 `bench` step, comparable with the CPU figures;
-#   (e) libero_parts: the 2B step's DiT-alone and VAE-alone programs at the batch of (a) (the split
+#   (e) serve_demo: policy serving on the demo config, 1/4/16 clients, in-process and both protocols,
+#       with the bare call's batching bound (issue: 16 clients >= 3x one client);
+#   (f) libero_parts: the 2B step's DiT-alone and VAE-alone programs at the batch of (a) (the split
 #       of the step's time), only if the budget allows.
 # --quick: (a) only, with fewer timed steps.
-# Writes to $OUT (at most 8 files): env.txt, log.txt and one JSON per run.
+# Writes to $OUT (at most 9 files): env.txt, log.txt and one JSON per run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -114,7 +116,9 @@ if [ "$QUICK" = 0 ]; then
     --config.checkpoint.load_path= --steps=10 --json
   # (d) The fixed bench config (fp32), comparable with the CPU figures.
   run bench_step 120 benchmarks/train_step.py --config=configs/cosmos_policy.py:bench --steps=10 --warmup=3 --json
-  # (e) Where the 2B step's time goes: the DiT step on latents and the VAE encode alone.
+  # (e) Serving: does batching 16 clients pay where one row leaves the device idle?
+  run serve_demo 150 benchmarks/serve_latency.py --configs=demo --clients=1,4,16 --requests=10 --json
+  # (f) Where the 2B step's time goes: the DiT step on latents and the VAE encode alone.
   [ -n "$FIT" ] && run libero_parts 150 benchmarks/train_step.py "${LIBERO[@]}" \
     --config.dataloader_train.batch_size="$FIT" --steps=3 --warmup=1 --parts=dit,vae --json
 fi
