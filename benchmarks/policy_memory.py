@@ -22,11 +22,11 @@ def measure(config_arg: str, batch: int) -> dict:
     from cosmos_policy_jax.policy.api import abstract_inputs, compiled_memory
     from cosmos_policy_jax.policy.config import PolicyConfig
     from cosmos_policy_jax.policy.inference import jit_policy_fn
-    from cosmos_policy_jax.training.state import model_defs
+    from cosmos_policy_jax.training import setup
 
     config = get_config(config_arg)
     mesh = make_mesh(types.SimpleNamespace(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    defs = model_defs(config, mesh)
+    defs = setup.build(config, mesh).defs  # the definitions load_policy builds (nothing materialised)
     # The DiT's non-parameter state is empty or tiny; params + rest as one state, as the policy holds it.
     from flax import nnx
 
