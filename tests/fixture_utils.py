@@ -7,6 +7,7 @@ so they also run on fixture sets with other sizes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -40,3 +41,17 @@ def load_fixture(name: str) -> tuple[dict[str, np.ndarray], dict]:
             tensors[k] = f.get_tensor(k)
     info = json.loads(meta["info"]) if "info" in meta else {}
     return tensors, info
+
+
+def snapshot(directory: pathlib.Path | str) -> dict[str, str]:
+    """Relative path -> sha256 of every file (and "dir" for every directory) under ``directory``: compare
+    two snapshots to show that a failed command wrote nothing."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out

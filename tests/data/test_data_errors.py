@@ -7,7 +7,6 @@ directory was not modified by the failed construction.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -22,16 +21,7 @@ from cosmos_policy_jax.data.errors import DataError
 from cosmos_policy_jax.data.libero import LiberoSource
 from cosmos_policy_jax.data.t5 import load_t5_embeddings, save_t5_embeddings
 from tests.data.dataset_files import copy_rollouts
-
-
-def _snapshot(directory: str) -> dict[str, str]:
-    out = {}
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
+from tests.fixture_utils import snapshot
 
 
 def _expect(fn, *needles: str) -> DataError:
@@ -101,9 +91,9 @@ def test_hdf5_missing_required_dataset(data):
     path = _raw_demo_file(data)
     with h5py.File(path, "a") as f:
         del f["data/demo_1/robot_states"]
-    before = _snapshot(data["demo_dir"])
+    before = snapshot(data["demo_dir"])
     _expect(data["build"], os.path.basename(path), "data/demo_1/robot_states")
-    assert _snapshot(data["demo_dir"]) == before
+    assert snapshot(data["demo_dir"]) == before
 
 
 def test_rollout_missing_camera(data):
@@ -210,9 +200,9 @@ def test_t5_missing_instruction(data):
     save_t5_embeddings(table, data["t5"])
     for name in ("dataset_statistics.json", "dataset_statistics_post_norm.json"):
         os.remove(os.path.join(data["demo_dir"], name))
-    before = _snapshot(data["demo_dir"])
+    before = snapshot(data["demo_dir"])
     _expect(data["build"], "t5_embeddings.pkl", dropped)
-    assert _snapshot(data["demo_dir"]) == before  # nothing written by the failed run
+    assert snapshot(data["demo_dir"]) == before  # nothing written by the failed run
 
 
 class _RunsCode:
@@ -286,6 +276,6 @@ def test_non_numeric_or_non_finite_actions_name_file_and_key(data, where, value,
             f.create_dataset(key, data=actions.astype("S"), dtype=h5py.string_dtype())
         else:
             f[key] = actions
-    before = _snapshot(data["root"])
+    before = snapshot(data["root"])
     _expect(data["build"], os.path.basename(path), repr(key), needle)
-    assert _snapshot(data["root"]) == before
+    assert snapshot(data["root"]) == before

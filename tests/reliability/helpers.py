@@ -10,7 +10,6 @@ persistent compilation cache, so only the first run of each program compiles.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import re
@@ -147,19 +146,6 @@ def assert_same_export(a: Path | str, b: Path | str) -> None:
     assert pa.keys() == pb.keys()
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-
-
-def snapshot(directory: Path | str) -> dict[str, str]:
-    """Relative path -> sha256 of every file (and "dir" for every directory) under ``directory``."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def checkpoint_steps(job: Path | str) -> list[str]:

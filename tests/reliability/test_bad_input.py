@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from tests.fixture_utils import snapshot
 from tests.reliability import helpers
 
 # case -> tests elsewhere in the suite that cover it (with the same three checks on their level).
@@ -258,7 +259,7 @@ def test_bad_input_through_the_cli(case: Case, reference_run, compile_cache, tmp
     helpers.copy_job(reference_run, ctx.job, checkpoints=case.checkpoints)
     if case.prepare is not None:
         case.prepare(ctx)
-    before = helpers.snapshot(ctx.job)
+    before = snapshot(ctx.job)
     with socket.socket() as busy:  # holds a port for the coordinator case
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -270,7 +271,7 @@ def test_bad_input_through_the_cli(case: Case, reference_run, compile_cache, tmp
     assert len(lines) == 1, r.tail()
     for needle in case.needles(ctx):
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    assert helpers.snapshot(ctx.job) == before
+    assert snapshot(ctx.job) == before
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from tests.fixture_utils import snapshot
 from tests.reliability import helpers
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_damaged_checkpoints_are_skipped_moved_aside_and_the_previous_one_resume
     _truncate(_largest_array_file(str(ck / "6")))
     shutil.copytree(ck / "4", ck / "10.orbax-checkpoint-tmp")
     os.remove(ck / "10.orbax-checkpoint-tmp" / "commit_success.txt")
-    before = {step: helpers.snapshot(ck / step) for step in ("4", "6", "8")}
+    before = {step: snapshot(ck / step) for step in ("4", "6", "8")}
 
     r = helpers.run(helpers.tiny_args(job, 5), helpers.train_env(compile_cache), tmp_path / "restart")
     assert r.returncode == 0, r.tail()
@@ -59,8 +60,8 @@ def test_damaged_checkpoints_are_skipped_moved_aside_and_the_previous_one_resume
     assert sorted(moved) == ["6", "8"], entries
     for step, name in moved.items():
         assert any(f"{ck}/{step} (" in w and f"moved aside to {ck}/{name}" in w for w in warnings), warnings
-        assert helpers.snapshot(ck / name) == before[step]  # kept byte for byte, not deleted
-    assert helpers.snapshot(ck / "4") == before["4"]  # the good checkpoint is untouched
+        assert snapshot(ck / name) == before[step]  # kept byte for byte, not deleted
+    assert snapshot(ck / "4") == before["4"]  # the good checkpoint is untouched
     assert sorted(s for s in entries if ".corrupt-" not in s) == ["4", "5"]  # 10 was never a checkpoint
     # Training continued exactly from checkpoint 4: its rows equal the uninterrupted run's.
     assert helpers.rows(job) == helpers.rows(reference_run)[:5]
@@ -91,11 +92,11 @@ def test_no_restorable_checkpoint_fails_without_moving_anything(reference_run, c
     job = helpers.copy_job(reference_run, tmp_path / "job")
     for step in helpers.checkpoint_steps(job):
         _truncate(_largest_array_file(str(job / "checkpoints" / step)))
-    before = helpers.snapshot(job)
+    before = snapshot(job)
     r = helpers.run(helpers.tiny_args(job, 9), helpers.train_env(compile_cache), tmp_path / "restart")
     assert r.returncode == 2, r.tail()
     (line,) = r.error_lines()
     assert re.search(rf"CheckpointError: no checkpoint in {job}/checkpoints can be restored \(8: .*6: .*4: ", line), (
         line
     )
-    assert helpers.snapshot(job) == before
+    assert snapshot(job) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from cosmos_policy_jax.training.metrics import read_metrics
+from tests.fixture_utils import snapshot
 from tests.reliability import helpers
 
 pytestmark = pytest.mark.slow
@@ -39,12 +40,12 @@ def test_torn_metrics_resume_and_a_stop_already_passed(reference_run, compile_ca
         f.write('{"iteration": 9, "loss": 0.12')  # the crash hit mid-row
     env = helpers.train_env(compile_cache)
 
-    before = helpers.snapshot(job)
+    before = snapshot(job)
     passed = helpers.run(helpers.tiny_args(job, 4), env, tmp_path / "passed", timeout=300)
     assert passed.returncode == 2, passed.tail()
     (line,) = passed.error_lines()
     assert "trainer.max_iter=4 is already passed" in line and "iteration 8" in line, line
-    assert helpers.snapshot(job) == before  # config.yaml, metrics, checkpoints: nothing rewritten
+    assert snapshot(job) == before  # config.yaml, metrics, checkpoints: nothing rewritten
 
     resumed = helpers.run(helpers.tiny_args(job, helpers.REFERENCE_ITERS + 2), env, tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.tail()
