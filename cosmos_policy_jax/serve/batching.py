@@ -56,6 +56,11 @@ class Stats:
         )
 
 
+def max_wait(window: float, given: float | None = None) -> float:
+    """The bound on a batch's first request's wait: ``given``, by default 4 windows (any unit)."""
+    return 4 * float(window) if given is None else float(given)
+
+
 class Batcher:
     """One worker thread running ``run`` on batches of submitted items (see the module docstring).
 
@@ -73,7 +78,7 @@ class Batcher:
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        max_wait_s = 4 * float(window_s) if max_wait_s is None else float(max_wait_s)
+        max_wait_s = max_wait(window_s, max_wait_s)
         if window_s < 0 or max_wait_s < 0:
             raise ValueError(f"window_s and max_wait_s must be >= 0, got {window_s} and {max_wait_s}")
         self.run, self.max_batch, self.window_s, self.stats = run, int(max_batch), float(window_s), stats

@@ -92,9 +92,10 @@ def build_service(opts: Any, config: Any, log=print) -> PolicyService:
 
 
 def _max_wait_ms(opts: Any) -> float:
-    """``--batch_max_wait_ms``, default 4 x ``--batch_window_ms``."""
-    given = getattr(opts, "batch_max_wait_ms", None)
-    return 4 * opts.batch_window_ms if given is None else given
+    """``--batch_max_wait_ms``, default 4 x ``--batch_window_ms`` (the batcher's rule)."""
+    from cosmos_policy_jax.serve.batching import max_wait
+
+    return max_wait(opts.batch_window_ms, getattr(opts, "batch_max_wait_ms", None))
 
 
 def _planning_config(opts: Any, action_steps: int) -> Any:

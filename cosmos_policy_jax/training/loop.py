@@ -27,7 +27,7 @@ from cosmos_policy_jax import config_lib, xla_env
 from cosmos_policy_jax.parallel.rules import data_parallel_size, process_data_parallel_info
 from cosmos_policy_jax.training import checkpoint as ckpt_lib
 from cosmos_policy_jax.training import flops as flops_lib
-from cosmos_policy_jax.training import joblock, setup
+from cosmos_policy_jax.training import joblock, setup, weights
 from cosmos_policy_jax.training.assets import build_policy_assets, write_export_manifest
 from cosmos_policy_jax.training.callbacks import Callback, build_callbacks
 from cosmos_policy_jax.training.data import DataFeed, global_batch_size
@@ -355,7 +355,7 @@ class Trainer:
             return
         from cosmos_policy_jax.convert.dit import export_dit
 
-        path = os.path.join(self.config.job.path_local, "export", "net.safetensors")
+        path = os.path.join(self.config.job.path_local, weights.EXPORT_FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         export_dit(params, defs.dit_cfg, path)
         write_export_manifest(

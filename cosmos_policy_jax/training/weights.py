@@ -53,7 +53,6 @@ __all__ = [
     "load_vae",
     "locate",
     "place",
-    "read_saved_config",
     "refuse_nonfinite",
     "saved_metadata",
 ]
@@ -253,11 +252,15 @@ def _read_state_dict(path: str, abstract: Any, use_ema: bool | None) -> tuple[di
 
 def _export_of_ema_run(path: str) -> bool:
     """Whether ``path`` is the trainer's export of a run that kept an EMA (then it holds the EMA weights)."""
-    manifest = os.path.join(os.path.dirname(path), EXPORT_MANIFEST)
-    if not path.endswith(".safetensors") or not os.path.isfile(manifest):
-        return False
-    config = _read_manifest(manifest).get("config") or {}
+    manifest = _export_manifest(path)
+    config = (_read_manifest(manifest).get("config") or {}) if manifest else {}
     return bool(config.get("model", {}).get("ema", {}).get("enabled", False))
+
+
+def _export_manifest(path: str) -> str | None:
+    """The ``policy.json`` beside the trainer's export ``path`` (a ``.safetensors``), or None."""
+    manifest = os.path.join(os.path.dirname(path), EXPORT_MANIFEST)
+    return manifest if path.endswith(".safetensors") and os.path.isfile(manifest) else None
 
 
 def _read_nnx_params(path: str, abstract: Any, use_ema: bool | None) -> tuple[dict, str]:
@@ -292,16 +295,11 @@ def saved_metadata(src: WeightSource) -> SavedMetadata:
     """The config and ``inference`` item saved with an orbax checkpoint or an export (empty for others)."""
     if src.kind == "orbax":
         return _orbax_metadata(src.path)
-    manifest = os.path.join(os.path.dirname(src.path), EXPORT_MANIFEST)
-    if not src.path.endswith(".safetensors") or not os.path.isfile(manifest):
+    manifest = _export_manifest(src.path)
+    if manifest is None:
         return SavedMetadata()
     saved = _read_manifest(manifest)
     return SavedMetadata(saved.get("config"), saved, os.path.dirname(manifest), manifest)
-
-
-def read_saved_config(path: str) -> dict | None:
-    """The training config saved with the checkpoint or export at ``path``, or None (foreign files)."""
-    return saved_metadata(locate(path)).config
 
 
 def _orbax_metadata(step_dir: str) -> SavedMetadata:

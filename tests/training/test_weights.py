@@ -250,15 +250,19 @@ def test_ema_rule_of_the_training_config():
     assert weights.ema_rule(c) is False
 
 
+def _saved_config(path) -> dict | None:
+    return weights.saved_metadata(weights.locate(str(path))).config
+
+
 def test_saved_config_of_each_kind(tiny, tmp_path):
     _, defs, params = tiny
     _save_train_state(str(tmp_path / "job"), params, None)
-    assert weights.read_saved_config(str(tmp_path / "job")) == {"note": "test"}
+    assert _saved_config(tmp_path / "job") == {"note": "test"}
     meta = weights.saved_metadata(weights.locate(str(tmp_path / "job" / "checkpoints")))
     assert meta.where == str(tmp_path / "job" / "checkpoints" / "7") and meta.base_dir == str(tmp_path / "job")
     export = _export(params, defs.dit_cfg, tmp_path / "exported", True)
-    assert weights.read_saved_config(str(export)) == {"model": {"ema": {"enabled": True}}}
+    assert _saved_config(export) == {"model": {"ema": {"enabled": True}}}
     pt = tmp_path / "raw.pt"
     _write_pt(pt, dit_convert.dit_state_dict(params, defs.dit_cfg, buffers=False))
-    assert weights.read_saved_config(str(pt)) is None
+    assert _saved_config(pt) is None
     assert weights.locate(str(pt)).kind == "state_dict"
